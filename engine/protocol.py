@@ -1,0 +1,687 @@
+"""The Shoal wire protocol: msgpack frames over the ``shoal`` SSH subsystem.
+
+Shared by the engine and the node agent; neither re-declares a field. The
+language-neutral spec is ``nodeagent/PROTOCOL.md``. This module imports only
+msgpack and the standard library.
+
+A frame is one msgpack map with a ``type`` string and the message's fields.
+Fields equal to their default are left out on the wire, so a no-op task's
+result costs a few bytes. Unknown fields are ignored (room to grow); unknown
+types, missing or mistyped fields, ext types and oversized frames are
+``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+SUBSYSTEM = "shoal"
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+# Zeroconf advertisement. TXT keys: v (protocol version), id (agent id),
+# host (hostname), slots, labels ("k=v,k=v"), fp (host key SHA256
+# fingerprint, a hint only: trust comes from the pinned key, never from mDNS).
+MDNS_SERVICE_TYPE = "_shoal._tcp.local."
+
+# Task kinds carried by a run frame.
+KIND_SHELL = "shell"  # argv list or shell string, run as a subprocess
+KIND_CALL = "call"  # "package.module:function" imported in a worker process
+KIND_PICKLE = "pickle"  # cloudpickled callable; needs the agent's --allow-pickle
+TASK_KINDS = (KIND_SHELL, KIND_CALL, KIND_PICKLE)
+
+# Outcomes of one attempt, in a finished result.
+OUTCOME_OK = "ok"
+OUTCOME_ERROR = "error"  # the task raised, or a shell command exited non-zero
+OUTCOME_TIMEOUT = "timeout"
+OUTCOME_CANCELLED = "cancelled"
+OUTCOME_CRASHED = "crashed"  # the worker process died (signal, os._exit, OOM)
+OUTCOME_LOST = "lost"  # the agent restarted while the task ran
+OUTCOMES = (
+    OUTCOME_OK,
+    OUTCOME_ERROR,
+    OUTCOME_TIMEOUT,
+    OUTCOME_CANCELLED,
+    OUTCOME_CRASHED,
+    OUTCOME_LOST,
+)
+
+# Error codes of the error frame.
+ERR_PROTOCOL = "protocol"  # malformed frame, unknown type, bad field
+ERR_VERSION = "version"  # incompatible protocol version
+ERR_FRAME_TOO_LARGE = "frame_too_large"
+ERR_STATE = "state"  # a message that is not valid now (e.g. run before hello)
+
+# A shell task reports progress with a line of this form on stdout:
+#   ::shoal-progress 0.25 optional message
+SHELL_PROGRESS_PREFIX = b"::shoal-progress "
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the protocol. The receiver closes that channel."""
+
+    def __init__(self, message: str, code: str = ERR_PROTOCOL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- field checks -----------------------------------------------------------
+# Hand-written per message rather than reflected from annotations: decode is on
+# the hot path (tens of thousands of results a second).
+
+
+def _need(body: dict[str, Any], name: str, kind: type | tuple[type, ...], mtype: str) -> Any:
+    try:
+        value = body[name]
+    except KeyError:
+        raise ProtocolError(f"{mtype}: missing field {name!r}") from None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{mtype}: field {name!r} has the wrong type")
+    return value
+
+
+def _opt(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], mtype: str, default: Any = None
+) -> Any:
+    value = body.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{mtype}: field {name!r} has the wrong type")
+    return value
+
+
+def _str_list(body: dict[str, Any], name: str, mtype: str) -> list[str]:
+    value = _need(body, name, list, mtype)
+    for item in value:
+        if not isinstance(item, str):
+            raise ProtocolError(f"{mtype}: field {name!r} must hold strings")
+    return value
+
+
+def _str_map(body: dict[str, Any], name: str, mtype: str) -> dict[str, str] | None:
+    value = _opt(body, name, dict, mtype)
+    if value is not None:
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ProtocolError(f"{mtype}: field {name!r} must map strings to strings")
+    return value
+
+
+_NUMBER = (int, float)
+
+
+# --- messages -----------------------------------------------------------------
+
+
+class Message:
+    """Base of every message. ``TYPE`` is the wire name."""
+
+    TYPE: ClassVar[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame both ways. The console speaks first; the agent answers.
+
+    ``holding`` (agent to console) lists the attempt ids of this console that
+    the agent still has queued or running, so a reconnecting console knows
+    which of its tasks survived. Results that finished while the console was
+    away follow at once as ``finished`` frames.
+    """
+
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    role: str  # "console" or "agent"
+    id: str  # console id (stable across console restarts) or agent id
+    hostname: str = ""
+    slots: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)
+    drained: bool = False
+    holding: list[str] = field(default_factory=list)
+    software: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.TYPE,
+            "version": self.version,
+            "role": self.role,
+            "id": self.id,
+            "hostname": self.hostname,
+            "slots": self.slots,
+            "labels": self.labels,
+            "capabilities": self.capabilities,
+            "drained": self.drained,
+            "software": self.software,
+        }
+        if self.holding:
+            body["holding"] = self.holding
+        return body
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Hello:
+        t = cls.TYPE
+        role = _need(body, "role", str, t)
+        if role not in ("console", "agent"):
+            raise ProtocolError(f"hello: unknown role {role!r}")
+        caps = body.get("capabilities", [])
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise ProtocolError("hello: field 'capabilities' must hold strings")
+        holding = body.get("holding", [])
+        if not isinstance(holding, list) or not all(isinstance(c, str) for c in holding):
+            raise ProtocolError("hello: field 'holding' must hold strings")
+        return cls(
+            version=_need(body, "version", int, t),
+            role=role,
+            id=_need(body, "id", str, t),
+            hostname=_opt(body, "hostname", str, t, ""),
+            slots=_opt(body, "slots", int, t, 0),
+            labels=_str_map(body, "labels", t) or {},
+            capabilities=caps,
+            drained=_opt(body, "drained", bool, t, False),
+            holding=holding,
+            software=_opt(body, "software", str, t, ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One attempt of one task, as sent in a ``run`` frame.
+
+    ``id`` is the attempt id: unique per console, never reused, so a result
+    that arrives twice (after a reconnect) is recognised and dropped.
+    """
+
+    id: str
+    kind: str
+    argv: list[str] | None = None  # shell: exec this argv (no shell)
+    shell: str | None = None  # shell: run with /bin/sh -c
+    fn: str | None = None  # call: "package.module:function"
+    payload: bytes | None = None  # pickle: cloudpickle.dumps(callable)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # added to the agent's environment
+    cwd: str | None = None
+    timeout: float | None = None  # seconds; the whole process group is killed
+    slots: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "kind": self.kind}
+        if self.argv is not None:
+            body["argv"] = self.argv
+        if self.shell is not None:
+            body["shell"] = self.shell
+        if self.fn is not None:
+            body["fn"] = self.fn
+        if self.payload is not None:
+            body["payload"] = self.payload
+        if self.args:
+            body["args"] = self.args
+        if self.kwargs:
+            body["kwargs"] = self.kwargs
+        if self.env:
+            body["env"] = self.env
+        if self.cwd is not None:
+            body["cwd"] = self.cwd
+        if self.timeout is not None:
+            body["timeout"] = self.timeout
+        if self.slots != 1:
+            body["slots"] = self.slots
+        return body
+
+    @classmethod
+    def from_wire(cls, body: Any) -> TaskSpec:
+        t = "run.task"
+        if not isinstance(body, dict):
+            raise ProtocolError("run: each task must be a map")
+        kind = _need(body, "kind", str, t)
+        if kind not in TASK_KINDS:
+            raise ProtocolError(f"run.task: unknown kind {kind!r}")
+        argv = _opt(body, "argv", list, t)
+        if argv is not None and not all(isinstance(a, str) for a in argv):
+            raise ProtocolError("run.task: field 'argv' must hold strings")
+        spec = cls(
+            id=_need(body, "id", str, t),
+            kind=kind,
+            argv=argv,
+            shell=_opt(body, "shell", str, t),
+            fn=_opt(body, "fn", str, t),
+            payload=_opt(body, "payload", bytes, t),
+            args=_opt(body, "args", list, t, None) or [],
+            kwargs=_opt(body, "kwargs", dict, t, None) or {},
+            env=_str_map(body, "env", t),
+            cwd=_opt(body, "cwd", str, t),
+            timeout=_opt(body, "timeout", _NUMBER, t),
+            slots=_opt(body, "slots", int, t, 1),
+        )
+        if kind == KIND_SHELL and (spec.argv is None) == (spec.shell is None):
+            raise ProtocolError("run.task: a shell task needs exactly one of 'argv' or 'shell'")
+        if kind == KIND_SHELL and spec.argv is not None and not spec.argv:
+            raise ProtocolError("run.task: field 'argv' is empty")
+        if kind == KIND_CALL and (spec.fn is None or ":" not in spec.fn):
+            raise ProtocolError("run.task: a call task needs 'fn' as 'module:function'")
+        if kind == KIND_PICKLE and spec.payload is None:
+            raise ProtocolError("run.task: a pickle task needs 'payload'")
+        if spec.slots < 1:
+            raise ProtocolError("run.task: field 'slots' must be at least 1")
+        if spec.timeout is not None and spec.timeout <= 0:
+            raise ProtocolError("run.task: field 'timeout' must be positive")
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class Run(Message):
+    """Console to agent: start these attempts (a batch)."""
+
+    TYPE: ClassVar[str] = "run"
+    tasks: list[TaskSpec]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "tasks": [task.to_wire() for task in self.tasks]}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Run:
+        tasks = _need(body, "tasks", list, cls.TYPE)
+        return cls(tasks=[TaskSpec.from_wire(task) for task in tasks])
+
+
+@dataclass(frozen=True, slots=True)
+class _IdsMessage(Message):
+    ids: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "ids": self.ids}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Message:
+        return cls(ids=_str_list(body, "ids", cls.TYPE))
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(_IdsMessage):
+    """Console to agent: cancel these attempts (queued or running)."""
+
+    TYPE: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(_IdsMessage):
+    """Console to agent: these results are safely stored; forget them."""
+
+    TYPE: ClassVar[str] = "ack"
+
+
+@dataclass(frozen=True, slots=True)
+class Started(_IdsMessage):
+    """Agent to console: these attempts began to run."""
+
+    TYPE: ClassVar[str] = "started"
+
+
+@dataclass(frozen=True, slots=True)
+class Drain(Message):
+    """Console to agent: accept no new tasks; running ones finish."""
+
+    TYPE: ClassVar[str] = "drain"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Drain:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Undrain(Message):
+    """Console to agent: accept tasks again."""
+
+    TYPE: ClassVar[str] = "undrain"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Undrain:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Message):
+    """Agent to console: these attempts were not accepted and never ran."""
+
+    TYPE: ClassVar[str] = "rejected"
+    ids: list[str]
+    reason: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "ids": self.ids, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Rejected:
+        return cls(ids=_str_list(body, "ids", cls.TYPE), reason=_need(body, "reason", str, cls.TYPE))
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Message):
+    """Agent to console: a running attempt reported progress."""
+
+    TYPE: ClassVar[str] = "progress"
+    id: str
+    fraction: float | None = None  # 0.0 .. 1.0, or None when unknown
+    message: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.TYPE, "id": self.id}
+        if self.fraction is not None:
+            body["fraction"] = self.fraction
+        if self.message:
+            body["message"] = self.message
+        return body
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Progress:
+        t = cls.TYPE
+        fraction = _opt(body, "fraction", _NUMBER, t)
+        return cls(
+            id=_need(body, "id", str, t),
+            fraction=None if fraction is None else float(fraction),
+            message=_opt(body, "message", str, t, ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Message):
+    """Agent to console: a chunk of a running attempt's stdout or stderr."""
+
+    TYPE: ClassVar[str] = "output"
+    id: str
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "id": self.id, "stream": self.stream, "data": self.data}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Output:
+        t = cls.TYPE
+        stream = _need(body, "stream", str, t)
+        if stream not in ("stdout", "stderr"):
+            raise ProtocolError(f"output: unknown stream {stream!r}")
+        return cls(id=_need(body, "id", str, t), stream=stream, data=_need(body, "data", bytes, t))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one attempt, as journaled by the agent and sent in ``finished``.
+
+    ``value`` is the Python callable's return value (msgpack types); a shell
+    task's output is in ``stdout``/``stderr`` (the last 64 KiB of each).
+    """
+
+    id: str
+    outcome: str
+    value: Any = None
+    error: str = ""  # one line: exception type and message, or why it failed
+    traceback: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    started: float = 0.0  # wall-clock seconds on the agent
+    ended: float = 0.0
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OUTCOME_OK
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "outcome": self.outcome}
+        if self.value is not None:
+            body["value"] = self.value
+        if self.error:
+            body["error"] = self.error
+        if self.traceback:
+            body["traceback"] = self.traceback
+        if self.exit_code is not None:
+            body["exit_code"] = self.exit_code
+        if self.signal is not None:
+            body["signal"] = self.signal
+        if self.started:
+            body["started"] = self.started
+        if self.ended:
+            body["ended"] = self.ended
+        if self.stdout:
+            body["stdout"] = self.stdout
+        if self.stderr:
+            body["stderr"] = self.stderr
+        return body
+
+    @classmethod
+    def from_wire(cls, body: Any) -> TaskResult:
+        t = "finished.result"
+        if not isinstance(body, dict):
+            raise ProtocolError("finished: each result must be a map")
+        outcome = _need(body, "outcome", str, t)
+        if outcome not in OUTCOMES:
+            raise ProtocolError(f"finished.result: unknown outcome {outcome!r}")
+        return cls(
+            id=_need(body, "id", str, t),
+            outcome=outcome,
+            value=body.get("value"),
+            error=_opt(body, "error", str, t, ""),
+            traceback=_opt(body, "traceback", str, t, ""),
+            exit_code=_opt(body, "exit_code", int, t),
+            signal=_opt(body, "signal", int, t),
+            started=float(_opt(body, "started", _NUMBER, t, 0.0)),
+            ended=float(_opt(body, "ended", _NUMBER, t, 0.0)),
+            stdout=_opt(body, "stdout", bytes, t, b""),
+            stderr=_opt(body, "stderr", bytes, t, b""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Message):
+    """Agent to console: these attempts ended (a batch). Acknowledge with ``ack``."""
+
+    TYPE: ClassVar[str] = "finished"
+    results: list[TaskResult]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "results": [result.to_wire() for result in self.results]}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Finished:
+        results = _need(body, "results", list, cls.TYPE)
+        return cls(results=[TaskResult.from_wire(result) for result in results])
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Agent to console, every second: load and slot use."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    time: float
+    cpu: float  # percent of all cores, 0..100
+    mem: float  # percent of memory in use
+    load: list[float]  # 1, 5, 15 minute load averages
+    slots_total: int
+    slots_busy: int
+    queued: int  # accepted tasks waiting for a slot (all consoles)
+    drained: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "time": self.time,
+            "cpu": self.cpu,
+            "mem": self.mem,
+            "load": self.load,
+            "slots_total": self.slots_total,
+            "slots_busy": self.slots_busy,
+            "queued": self.queued,
+            "drained": self.drained,
+        }
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Heartbeat:
+        t = cls.TYPE
+        load = _need(body, "load", list, t)
+        if not all(isinstance(x, _NUMBER) for x in load):
+            raise ProtocolError("heartbeat: field 'load' must hold numbers")
+        return cls(
+            time=float(_need(body, "time", _NUMBER, t)),
+            cpu=float(_need(body, "cpu", _NUMBER, t)),
+            mem=float(_need(body, "mem", _NUMBER, t)),
+            load=[float(x) for x in load],
+            slots_total=_need(body, "slots_total", int, t),
+            slots_busy=_need(body, "slots_busy", int, t),
+            queued=_need(body, "queued", int, t),
+            drained=_opt(body, "drained", bool, t, False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """Either way: the sender hit a fatal problem on this channel and closes it."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Error:
+        return cls(code=_need(body, "code", str, cls.TYPE), message=_need(body, "message", str, cls.TYPE))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Run,
+        Cancel,
+        Drain,
+        Undrain,
+        Ack,
+        Started,
+        Rejected,
+        Progress,
+        Output,
+        Finished,
+        Heartbeat,
+        Error,
+    )
+}
+
+
+# --- framing ------------------------------------------------------------------
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed")
+
+
+def encode(message: Message) -> bytes:
+    """One message as one frame."""
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+def encode_many(messages: list[Message]) -> bytes:
+    """Several frames in one write (frames are self-delimiting)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return b"".join(packer.pack(m.to_wire()) for m in messages)
+
+
+def decode_body(obj: Any) -> Message:
+    """A decoded msgpack object to a message, or ProtocolError."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("a frame must be a map")
+    mtype = obj.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError("a frame needs a 'type' string")
+    cls = MESSAGE_TYPES.get(mtype)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {mtype!r}")
+    return cls.from_wire(obj)
+
+
+def decode(frame: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+    """Exactly one frame to a message."""
+    if len(frame) > max_frame_bytes:
+        raise ProtocolError(f"frame larger than {max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE)
+    try:
+        obj = msgpack.unpackb(frame, strict_map_key=True, ext_hook=_no_ext, raw=False)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed frame: {exc}") from None
+    return decode_body(obj)
+
+
+class FrameDecoder:
+    """Streaming decoder: feed bytes as they arrive, get whole messages back.
+
+    The buffer is capped at ``max_frame_bytes``, so a peer cannot make the
+    receiver hold more than one oversized frame's worth of memory.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._unpacker = msgpack.Unpacker(
+            max_buffer_size=max_frame_bytes,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+            raw=False,
+            use_list=True,
+        )
+
+    def feed(self, data: bytes) -> list[Message]:
+        messages: list[Message] = []
+        for obj in self.feed_raw(data):
+            messages.append(decode_body(obj))
+        return messages
+
+    def feed_raw(self, data: bytes) -> Iterator[Any]:
+        """Yield decoded msgpack objects; raise ProtocolError on a bad stream."""
+        view = memoryview(data)
+        # Feed in slices no larger than the cap: a large read is legal as long
+        # as each frame in it fits.
+        step = self.max_frame_bytes
+        for start in range(0, len(view), step):
+            chunk = view[start : start + step]
+            try:
+                self._unpacker.feed(chunk)
+            except msgpack.BufferFull:
+                raise ProtocolError(
+                    f"frame larger than {self.max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE
+                ) from None
+            yield from self._drain()
+        if not view:
+            yield from self._drain()
+
+    def _drain(self) -> Iterator[Any]:
+        unpacker = self._unpacker
+        while True:
+            try:
+                obj = unpacker.unpack()
+            except msgpack.OutOfData:
+                return
+            except ProtocolError:
+                raise
+            except Exception as exc:  # msgpack raises ValueError, TypeError, FormatError, ...
+                raise ProtocolError(f"malformed frame: {exc}") from None
+            yield obj
