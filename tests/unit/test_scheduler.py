@@ -1,0 +1,69 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.scheduler import JobDemand, NodeRoom, place
+
+
+def _given(placements, job_id=None):
+    out: dict[str, int] = {}
+    for p in placements:
+        if job_id is None or p.job_id == job_id:
+            out[p.node_id] = out.get(p.node_id, 0) + p.count
+    return out
+
+
+def test_least_loaded_node_is_served_first():
+    nodes = [NodeRoom("a", 4, 3), NodeRoom("b", 4, 0)]
+    assert _given(place([JobDemand(1, 0, 1)], nodes)) == {"b": 1}
+
+
+def test_heterogeneous_nodes_fill_in_proportion_to_capacity():
+    nodes = [NodeRoom("small", 2, 0), NodeRoom("big", 8, 0)]
+    assert _given(place([JobDemand(1, 0, 5)], nodes)) == {"small": 1, "big": 4}
+
+
+def test_drained_or_full_nodes_get_nothing_and_labels_are_honoured():
+    nodes = [NodeRoom("gpu", 2, 0, {"gpu": "yes"}), NodeRoom("cpu", 2, 0)]
+    assert _given(place([JobDemand(1, 0, 10, labels={"gpu": "yes"})], nodes)) == {"gpu": 2}
+    assert place([JobDemand(1, 0, 10)], [NodeRoom("full", 2, 2)]) == []
+
+
+def test_higher_priority_job_is_placed_first():
+    nodes = [NodeRoom("a", 2, 0)]
+    placements = place([JobDemand(1, 0, 5), JobDemand(2, 10, 5)], nodes)
+    assert _given(placements, 2) == {"a": 2}
+    assert _given(placements, 1) == {}
+
+
+def test_multi_slot_tasks_need_room_for_all_their_slots():
+    nodes = [NodeRoom("a", 3, 0), NodeRoom("b", 4, 0)]
+    assert _given(place([JobDemand(1, 0, 10, slots_per_task=2)], nodes)) == {"a": 1, "b": 2}
+
+
+def test_excluded_nodes_are_skipped():
+    nodes = [NodeRoom("a", 2, 0), NodeRoom("b", 2, 0)]
+    assert _given(place([JobDemand(1, 0, 4, excluded=frozenset({"a"}))], nodes)) == {"b": 2}
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 16), st.integers(0, 16)), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(-2, 2), st.integers(0, 50), st.integers(1, 3)), min_size=1, max_size=4),
+)
+def test_placement_never_exceeds_capacity_or_demand(node_specs, job_specs):
+    nodes = [NodeRoom(f"n{i}", cap, min(used, cap)) for i, (cap, used) in enumerate(node_specs)]
+    jobs = [JobDemand(i, prio, ready, slots) for i, (prio, ready, slots) in enumerate(job_specs)]
+    placements = place(jobs, nodes)
+    used = {n.node_id: n.in_flight for n in nodes}
+    per_job: dict[int, int] = {}
+    for p in placements:
+        assert p.count > 0
+        used[p.node_id] += p.count * jobs[p.job_id].slots_per_task
+        per_job[p.job_id] = per_job.get(p.job_id, 0) + p.count
+    for n in nodes:
+        assert used[n.node_id] <= max(n.capacity, n.in_flight)
+    for job in jobs:
+        assert per_job.get(job.job_id, 0) <= job.ready
+    # Work conservation: if a job still has tasks, no node has room for one.
+    for job in jobs:
+        if per_job.get(job.job_id, 0) < job.ready:
+            assert all(n.capacity - used[n.node_id] < job.slots_per_task for n in nodes)
