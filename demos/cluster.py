@@ -24,6 +24,7 @@ class AgentProcess:
     slots: int
     labels: str = ""
     extra: list[str] = field(default_factory=list)
+    advertise: bool = False  # over mDNS on 127.0.0.1 only
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -45,13 +46,20 @@ class AgentProcess:
             str(self.slots),
             "--state-dir",
             str(self.state_dir),
-            "--no-advertise",
+            *(["--mdns-interface", "127.0.0.1"] if self.advertise else ["--no-advertise"]),
             "--grace",
             "1",
             *(["--labels", self.labels] if self.labels else []),
             *self.extra,
         ]
-        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        # The console's own Python first on PATH: job files say "python3", and
+        # a version-manager shim in front of it can cost 300 ms a task.
+        bindir = str(Path(sys.executable).parent)
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -83,7 +91,14 @@ class AgentProcess:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, slots: list[int], labels: list[str] | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        slots: list[int],
+        labels: list[str] | None = None,
+        extra: list[str] | None = None,
+        advertise: bool = False,
+    ) -> None:
         from engine.trust import load_or_create_console_key, public_key_line
 
         self.root = root
@@ -94,7 +109,7 @@ class LocalCluster:
         self.authorized_keys.write_text(public_key_line(key) + "\n")
         labels = labels or [""] * len(slots)
         self.agents = [
-            AgentProcess(f"agent{i}", root / f"agent{i}", n, labels[i], list(extra or []))
+            AgentProcess(f"agent{i}", root / f"agent{i}", n, labels[i], list(extra or []), advertise)
             for i, n in enumerate(slots)
         ]
 

@@ -648,6 +648,7 @@ class FrameDecoder:
             raw=False,
             use_list=True,
         )
+        self._fed = 0
 
     def feed(self, data: bytes) -> list[Message]:
         messages: list[Message] = []
@@ -658,20 +659,21 @@ class FrameDecoder:
     def feed_raw(self, data: bytes) -> Iterator[Any]:
         """Yield decoded msgpack objects; raise ProtocolError on a bad stream."""
         view = memoryview(data)
-        # Feed in slices no larger than the cap: a large read is legal as long
-        # as each frame in it fits.
-        step = self.max_frame_bytes
-        for start in range(0, len(view), step):
-            chunk = view[start : start + step]
-            try:
-                self._unpacker.feed(chunk)
-            except msgpack.BufferFull:
-                raise ProtocolError(
-                    f"frame larger than {self.max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE
-                ) from None
+        start = 0
+        # Feed no more than the room left under the cap (the unpacker still
+        # holds the unfinished tail of the last frame): a large read of many
+        # small frames is legal, only a single frame over the cap is not.
+        while start < len(view) or not view:
+            room = self.max_frame_bytes - (self._fed - self._unpacker.tell())
+            if room <= 0:
+                raise ProtocolError(f"frame larger than {self.max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE)
+            chunk = view[start : start + room]
+            self._unpacker.feed(chunk)
+            self._fed += len(chunk)
+            start += len(chunk)
             yield from self._drain()
-        if not view:
-            yield from self._drain()
+            if not view:
+                return
 
     def _drain(self) -> Iterator[Any]:
         unpacker = self._unpacker

@@ -1,0 +1,273 @@
+"""The ``shoal`` command.
+
+Exit codes: 0 success, 1 some tasks failed, 2 usage or input error (one
+line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A mistake of the user's: printed as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal",
+        description="Shoal: a distributed batch task engine for LAN clusters.",
+        epilog="Run 'shoal COMMAND --help' for a command's options. State lives under the XDG "
+        "dirs (override with --state-dir or SHOAL_STATE_DIR / SHOAL_CONFIG_DIR).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("agent", help="run a node agent (see 'shoal agent --help')", add_help=False)
+
+    demo = sub.add_parser("demo", help="start a local demo cluster of real agents on 127.0.0.1 and run example jobs")
+    demo.add_argument("--nodes", type=int, default=4, help="number of agents (default 4)")
+    demo.add_argument("--chaos", action="store_true", help="kill -9 and restart agents during the jobs")
+    demo.add_argument("--headless", action="store_true", help="plain progress on stderr (the default for now)")
+    demo.add_argument("--job", action="append", default=[], metavar="NAME.toml", help="run only these demos/jobs files")
+
+    sub.add_parser("keys", help="print this console's public key (one OpenSSH line) for agents' authorized-keys files")
+
+    run = sub.add_parser("run", help="run a job file to completion; the aggregated result goes to stdout")
+    run.add_argument("job", metavar="JOB.toml", help="the job file")
+    _engine_options(run)
+    run.add_argument("--json", action="store_true", help="print a JSON summary instead of the bare result")
+    run.add_argument("--headless", action="store_true", help="plain progress on stderr (the default for 'run')")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+    nodes = sub.add_parser("nodes", help="list the nodes this console knows")
+    nodes.add_argument("--state-dir", help="engine state dir")
+    nodes.add_argument("--json", action="store_true")
+
+    jobs = sub.add_parser("jobs", help="list jobs")
+    jobs.add_argument("--state-dir", help="engine state dir")
+    jobs.add_argument("--json", action="store_true")
+
+    results = sub.add_parser("results", help="a job's aggregated result and per-task results")
+    results.add_argument("job", type=int, metavar="JOB", help="job id (see 'shoal jobs')")
+    results.add_argument("--state-dir", help="engine state dir")
+    fmt = results.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="per-task results as JSON")
+    fmt.add_argument("--csv", action="store_true", help="per-task results as CSV")
+
+    trust = sub.add_parser("trust", help="pin an agent's SSH host key (first trust, like ssh)")
+    trust.add_argument("node", metavar="HOST:PORT")
+    trust.add_argument("--config-dir", help="console config dir (key and known-hosts)")
+    trust.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    trust.add_argument("--replace", action="store_true", help="replace a pinned key that changed (after you checked why)")
+    return parser
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", action="append", default=[], metavar="HOST:PORT", help="an agent to use (repeatable)")
+    p.add_argument(
+        "--mdns-interface", action="append", default=[], metavar="IP", help="discover agents over mDNS on this interface (repeatable)"
+    )
+    p.add_argument("--state-dir", help="engine state dir (default: XDG state dir)")
+    p.add_argument("--config-dir", help="console config dir: key and known-hosts (default: XDG config dir)")
+    p.add_argument("--trust-new", action="store_true", help="pin host keys of nodes seen for the first time (demos)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "agent":
+        from nodeagent.server import main as agent_main
+
+        return agent_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("shoal: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from demos.demo import main as demo_main
+
+    if not 1 <= args.nodes <= 64:
+        raise UserError("--nodes must be between 1 and 64")
+    return demo_main(args.nodes, args.chaos, args.job or None)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from engine.paths import config_dir
+    from engine.trust import load_or_create_console_key, public_key_line
+
+    print(public_key_line(load_or_create_console_key(config_dir(None))))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.discovery import parse_node_address
+    from engine.spec import SpecError, load_job_file
+
+    try:
+        spec = load_job_file(Path(args.job))
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {args.job}: {exc.strerror}") from None
+    for address in args.node:
+        try:
+            parse_node_address(address)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return asyncio.run(_run(args, spec))
+
+
+async def _run(args: argparse.Namespace, spec: Any) -> int:
+    from console.headless import run_job
+    from engine.api import Engine
+
+    try:
+        engine = await Engine.open(
+            args.state_dir,
+            args.config_dir,
+            nodes=args.node,
+            mdns_interfaces=args.mdns_interface,
+            trust_new=args.trust_new,
+        )
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        if not engine.nodes() and not args.mdns_interface:
+            raise UserError("no nodes: give --node HOST:PORT or --mdns-interface IP")
+        return await run_job(engine, spec, as_json=args.json, quiet=args.quiet)
+    finally:
+        await engine.close()
+
+
+def _open_store(state_dir: str | None) -> Any:
+    from engine.paths import state_dir as default_state_dir
+    from engine.store import Store
+
+    path = default_state_dir(state_dir) / "shoal.db"
+    if not path.exists():
+        raise UserError(f"no engine state at {path.parent} (nothing has run there yet)")
+    return Store(path)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    store = _open_store(args.state_dir)
+    rows = store.jobs()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{'JOB':>5}  {'NAME':<24} {'STATUS':<10} {'DONE':>12}  FAILED")
+    for row in rows:
+        counts = row["counts"] or {}
+        done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
+        print(f"{row['id']:>5}  {row['name'][:24]:<24} {row['status']:<10} {done:>6}/{row['total']:<5}  {counts.get('failed', 0)}")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    store = _open_store(args.state_dir)
+    nodes = store.known_nodes()
+    if args.json:
+        print(json.dumps([{"node": n} for n in nodes]))
+    else:
+        for node in nodes:
+            print(node)
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from console.headless import format_result
+
+    store = _open_store(args.state_dir)
+    if store.job_spec(args.job) is None:
+        raise UserError(f"no job {args.job} (see 'shoal jobs')")
+    rows = store.task_results(args.job)
+    if args.json:
+        print(json.dumps({"job": args.job, "result": store.job_result(args.job), "tasks": rows}, default=repr))
+    elif args.csv:
+        buf = io.StringIO()
+        fields = ["index", "status", "attempts", "node", "value", "error", "exit_code", "duration"]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "value": json.dumps(row["value"], default=repr)})
+        sys.stdout.write(buf.getvalue())
+    else:
+        print(format_result(store.job_result(args.job)))
+    failed = any(row["status"] == "failed" for row in rows)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    return asyncio.run(_trust(args))
+
+
+async def _trust(args: argparse.Namespace) -> int:
+    from engine.discovery import parse_node_address
+    from engine.link import LinkError, open_link
+    from engine.paths import config_dir
+    from engine.trust import KnownHosts, TrustStatus, fingerprint, load_or_create_console_key
+
+    try:
+        host, port = parse_node_address(args.node)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cdir = config_dir(args.config_dir)
+    known = KnownHosts(cdir / "known_hosts")
+    key = load_or_create_console_key(cdir)
+    try:
+        link = await open_link(host, port, client_key=key, console_id="trust-probe", pinned_host_key=None, accept_unknown=True)
+    except (LinkError, OSError) as exc:
+        raise UserError(f"cannot reach {args.node}: {exc}") from None
+    presented = link.host_key
+    link.close()
+    status = known.check(host, port, presented)
+    fp = fingerprint(presented)
+    if status is TrustStatus.TRUSTED:
+        print(f"{args.node} is already trusted ({fp})")
+        return EXIT_OK
+    if status is TrustStatus.CHANGED and not args.replace:
+        raise UserError(f"the host key of {args.node} CHANGED (now {fp}); if you know why, run again with --replace")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"{args.node} presents {fp}; confirm with --yes (stdin is not a terminal)")
+        answer = input(f"{args.node} presents host key {fp}. Trust it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not trusted")
+            return EXIT_USAGE
+    known.pin(host, port, presented, replace=args.replace)
+    print(f"trusted {args.node} ({fp})")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "keys": cmd_keys,
+    "run": cmd_run,
+    "jobs": cmd_jobs,
+    "nodes": cmd_nodes,
+    "results": cmd_results,
+    "trust": cmd_trust,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Headless mode: run one job to completion with plain progress on stderr.
+
+A client of the engine's API and event stream, like the TUI. Progress is
+redrawn at most a few times a second, whatever the event rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from engine import events as ev
+from engine.api import Engine
+from engine.spec import JobSpec
+
+REDRAW_SECONDS = 0.25
+NO_NODE_GRACE_SECONDS = 15.0
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / total) if total else width
+    return "#" * filled + "-" * (width - filled)
+
+
+class Progress:
+    """One status line on a TTY (rewritten in place), periodic lines otherwise."""
+
+    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.quiet = quiet
+        self._last_line = 0.0
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+        else:
+            now = time.monotonic()
+            if now - self._last_line < 2.0:
+                return
+            self._last_line = now
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+        if not self.quiet:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool = False) -> int:
+    """Submit, follow, print the result. Returns the exit code."""
+    out = Progress(sys.stderr, quiet)
+    events = engine.events()
+    started = time.monotonic()
+    resumed = engine.find_unfinished(spec)
+    if resumed is not None:
+        job_id = resumed
+        out.message(f"shoal: resuming job {job_id} ({spec.name}) left unfinished in {engine.state_dir}")
+    else:
+        job_id = engine.submit(spec, actor="shoal run")
+    waiter = asyncio.create_task(engine.wait(job_id))
+    total = spec.task_count()
+    failures: list[str] = []
+    warned_untrusted = False
+    try:
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=REDRAW_SECONDS)
+            for event in events.get_nowait_all():
+                if isinstance(event, ev.Alert):
+                    out.message(f"shoal: {event.level}: {event.message}")
+                elif isinstance(event, ev.TaskChanged) and event.status == "failed" and event.job == job_id:
+                    failures.append(f"task {event.index}: {event.error}")
+                    out.message(f"shoal: task {event.index} failed: {event.error}")
+                elif isinstance(event, ev.NodeChanged) and event.state in ("untrusted", "refused"):
+                    out.message(f"shoal: node {event.node} {event.state}: {event.detail}")
+                    warned_untrusted = True
+            counts = engine.counts(job_id)
+            done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+            nodes_up = sum(1 for n in engine.nodes() if n["state"] == "up")
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            out.line(
+                f"{spec.name} [{_bar(done, total)}] {done}/{total}  running {counts.get('running', 0)}"
+                f"  failed {counts.get('failed', 0)}  nodes {nodes_up}  {rate:,.0f}/s"
+            )
+            if nodes_up == 0 and elapsed > NO_NODE_GRACE_SECONDS and warned_untrusted and done == 0:
+                if all(n["state"] in ("untrusted", "refused") for n in engine.nodes()):
+                    out.end("shoal: no trusted node to run on (see the messages above)")
+                    return 2
+    finally:
+        events.close()
+        if not waiter.done():
+            waiter.cancel()
+    status = waiter.result()
+    counts = engine.counts(job_id)
+    result = engine.result(job_id)
+    elapsed = time.monotonic() - started
+    out.end(
+        f"{spec.name}: {status} in {elapsed:.1f}s — {counts.get('succeeded', 0)} succeeded,"
+        f" {counts.get('failed', 0)} failed, {counts.get('cancelled', 0)} cancelled (job {job_id})"
+    )
+    if as_json:
+        summary = {
+            "job": job_id,
+            "name": spec.name,
+            "status": status,
+            "counts": counts,
+            "result": result,
+            "elapsed": round(elapsed, 3),
+        }
+        print(json.dumps(summary, default=_jsonable))
+    else:
+        print(format_result(result))
+    return 0 if status == "succeeded" else 1
+
+
+def format_result(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, default=_jsonable, indent=None if not isinstance(result, dict) else 2)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return repr(value)

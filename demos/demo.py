@@ -1,0 +1,77 @@
+"""`shoal demo`: a LAN cluster on this one machine, and real workloads.
+
+Starts N real `shoal agent` processes on 127.0.0.1 (each its own state dir,
+host key and slots, advertising over mDNS bound to 127.0.0.1 only), lets the
+engine discover them over zeroconf and trust them (--trust-new, as a demo
+may), then runs the example jobs in demos/jobs/ one after another. With
+--chaos, one agent is killed with SIGKILL in the middle of a job and started
+again a little later: every task still completes exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from console.headless import run_job
+from demos.cluster import LocalCluster
+from engine.api import Engine
+from engine.spec import load_job_file
+
+JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+DEMO_JOBS = ["squares.toml", "wordcount.toml", "primes.toml"]
+
+
+async def _chaos(cluster: LocalCluster, stop: asyncio.Event) -> None:
+    """Kill a random agent now and then, and bring it back on its port."""
+    rng = random.Random()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(2.0, 4.0))
+            return
+        except asyncio.TimeoutError:
+            pass
+        victim = rng.choice(cluster.agents)
+        print(f"chaos: kill -9 {victim.name} ({victim.address})", file=sys.stderr)
+        victim.kill(signal.SIGKILL)
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(victim.start, cluster.authorized_keys, victim.port)
+        print(f"chaos: {victim.name} is back", file=sys.stderr)
+
+
+async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+        root = Path(tmp)
+        slots = [1 + (i % 3) for i in range(nodes)]  # heterogeneous on purpose
+        print(f"demo: starting {nodes} agents on 127.0.0.1 with slots {slots} ...", file=sys.stderr)
+        with LocalCluster(root, slots, advertise=True) as cluster:
+            print(f"demo: agents at {', '.join(cluster.addresses)}; discovering them over mDNS on 127.0.0.1", file=sys.stderr)
+            engine = await Engine.open(root / "console-state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
+            stop = asyncio.Event()
+            chaos_task = asyncio.create_task(_chaos(cluster, stop)) if chaos else None
+            worst = 0
+            try:
+                try:
+                    await engine.wait_for_nodes(nodes, timeout=30)
+                except TimeoutError:
+                    print("demo: not every agent was discovered over mDNS; adding them by address", file=sys.stderr)
+                    for address in cluster.addresses:
+                        engine.add_node(address)
+                for name in jobs:
+                    spec = load_job_file(JOBS_DIR / name)
+                    print(f"\ndemo: job {name}: {spec.task_count()} tasks", file=sys.stderr)
+                    worst = max(worst, await run_job(engine, spec, as_json=False))
+            finally:
+                stop.set()
+                if chaos_task:
+                    await chaos_task
+                await engine.close()
+            return worst
+
+
+def main(nodes: int = 4, chaos: bool = False, jobs: list[str] | None = None) -> int:
+    return asyncio.run(run_demo(nodes, chaos, jobs or DEMO_JOBS))

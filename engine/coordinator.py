@@ -1,0 +1,379 @@
+"""The engine's I/O shell around the pure core.
+
+It owns the SSH links to agents, the SQLite store, the clock and the event
+bus. Frames from agents become core events as they arrive; a flush, scheduled
+once per event-loop turn, carries out the core's effects in a fixed order:
+
+1. persist (one transaction): task outcomes, audit entries, finished jobs;
+2. send ``run``/``cancel``/``drain`` frames, one write per node;
+3. send ``ack`` for the results just committed (never before the commit, so
+   an agent forgets a result only once it is safe on our disk);
+4. publish events to the UIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from engine import core as c
+from engine import events as ev
+from engine.link import AgentLink, HostKeyMismatch, LinkError, UnknownHostKey, open_link
+from engine.model import TaskStatus
+from engine.protocol import (
+    Ack,
+    Cancel,
+    Drain,
+    Error,
+    Finished,
+    Heartbeat,
+    Message,
+    Output,
+    Progress,
+    Rejected,
+    Run,
+    Started,
+    Undrain,
+)
+from engine.spec import JobSpec
+from engine.store import Store
+from engine.trust import KnownHosts, TrustStatus, fingerprint
+
+log = logging.getLogger("shoal.engine")
+
+TICK_SECONDS = 0.1
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+
+
+@dataclass
+class Peer:
+    """Connection state of one agent address."""
+
+    address: str
+    host: str
+    port: int
+    link: AgentLink | None = None
+    task: asyncio.Task[None] | None = None
+    state: str = "connecting"  # connecting, up, lost, untrusted, refused
+    detail: str = ""
+    presented_key: asyncssh.SSHKey | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        known_hosts: KnownHosts,
+        client_key: asyncssh.SSHKey,
+        *,
+        trust_new: bool = False,
+        config: c.CoreConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.known_hosts = known_hosts
+        self.client_key = client_key
+        self.trust_new = trust_new
+        self.console_id = store.console_id()
+        self.core = c.EngineCore(config, rng)
+        self.bus = ev.EventBus()
+        self.peers: dict[str, Peer] = {}
+        self._flush_scheduled = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._handlers: dict[type, Any] = {
+            Finished: self._on_finished,
+            Started: lambda node, m, now: c.TasksStarted(node, m.ids, now),
+            Heartbeat: lambda node, m, now: c.HeartbeatReceived(node, m, now),
+            Rejected: lambda node, m, now: c.TasksRejected(node, m.ids, m.reason, now),
+            Progress: lambda node, m, now: c.ProgressReported(node, m, now),
+            Output: lambda node, m, now: c.OutputReceived(node, m, now),
+            Error: self._on_error,
+        }
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reload unfinished jobs, reconnect to every node we knew, and tick."""
+        for job_id, spec, submitted_at in self.store.unfinished_jobs():
+            self.core.restore_job(
+                job_id, spec, submitted_at, self.store.task_states(job_id), self.store.succeeded_values(job_id)
+            )
+        for address in self.store.known_nodes():
+            self.add_node(address)
+        self._ticker = asyncio.create_task(self._tick_loop())
+        self._schedule_flush()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ticker:
+            self._ticker.cancel()
+        for peer in self.peers.values():
+            if peer.task:
+                peer.task.cancel()
+            if peer.link:
+                peer.link.close()
+        for peer in self.peers.values():
+            if peer.task:
+                try:
+                    await asyncio.wait_for(asyncio.shield(peer.task), 2)
+                except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                    pass
+        self._flush()
+        self.bus.close()
+
+    # --- nodes ------------------------------------------------------------------
+
+    def add_node(self, address: str) -> None:
+        if address in self.peers:
+            return
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        peer = Peer(address, host, int(port))
+        self.peers[address] = peer
+        self.store.remember_node(address)
+        peer.task = asyncio.create_task(self._peer_loop(peer))
+
+    def trust(self, address: str, replace: bool = False) -> str:
+        """Pin the key the node presented (operator action)."""
+        peer = self.peers.get(address)
+        if peer is None or peer.presented_key is None:
+            raise KeyError(f"no key seen from {address} yet")
+        self.known_hosts.pin(peer.host, peer.port, peer.presented_key, replace=replace)
+        self.store.write([], [(time.time(), "operator", "trust", address, fingerprint(peer.presented_key))], [])
+        peer.wake.set()
+        return fingerprint(peer.presented_key)
+
+    async def _peer_loop(self, peer: Peer) -> None:
+        delay = RECONNECT_MIN
+        while not self._closing:
+            try:
+                link = await self._connect(peer)
+            except (UnknownHostKey, HostKeyMismatch) as exc:
+                await self._wait_for_trust(peer, exc)
+                continue
+            except (LinkError, OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                self._set_peer(peer, "connecting", f"{exc}; retry in {delay:.0f}s")
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(RECONNECT_MAX, delay * 2)
+                continue
+            delay = RECONNECT_MIN
+            await self._serve(peer, link)
+
+    async def _connect(self, peer: Peer) -> AgentLink:
+        pinned = self.known_hosts.lookup(peer.host, peer.port)
+        try:
+            link = await open_link(
+                peer.host,
+                peer.port,
+                client_key=self.client_key,
+                console_id=self.console_id,
+                pinned_host_key=pinned,
+                accept_unknown=self.trust_new and pinned is None,
+            )
+        except UnknownHostKey as exc:
+            peer.presented_key = exc.key
+            raise
+        except HostKeyMismatch as exc:
+            peer.presented_key = exc.key
+            raise
+        if pinned is None:
+            # First trust, asked for with --trust-new: pin it like ssh would.
+            self.known_hosts.pin(peer.host, peer.port, link.host_key)
+            self.store.write([], [(time.time(), "engine", "trust-new", peer.address, fingerprint(link.host_key))], [])
+        return link
+
+    async def _wait_for_trust(self, peer: Peer, exc: Exception) -> None:
+        if isinstance(exc, HostKeyMismatch):
+            self._set_peer(peer, "refused", str(exc))
+            self._publish([ev.Alert("error", f"host key of {peer.address} CHANGED, refused: {exc}", peer.address)])
+        else:
+            fp = fingerprint(peer.presented_key) if peer.presented_key else "?"
+            self._set_peer(peer, "untrusted", f"new host key {fp}; trust it with: shoal trust {peer.address}")
+        peer.wake.clear()
+        await peer.wake.wait()
+
+    async def _serve(self, peer: Peer, link: AgentLink) -> None:
+        peer.link = link
+        peer.state, peer.detail = "up", ""
+        self.core.handle(c.NodeUp(peer.address, link.hello, time.time()))
+        self._schedule_flush()
+        reason = "connection closed"
+        try:
+            async for message in link:
+                handler = self._handlers.get(type(message))
+                if handler is None:
+                    reason = f"unexpected {message.TYPE} frame"
+                    break
+                event = handler(peer.address, message, time.time())
+                if event is not None:
+                    self.core.handle(event)
+                    self._schedule_flush()
+        except (LinkError, OSError, asyncssh.Error) as exc:
+            reason = str(exc) or type(exc).__name__
+        finally:
+            peer.link = None
+            link.close()
+            if not self._closing:
+                self.core.handle(c.NodeLost(peer.address, reason, time.time()))
+                peer.state, peer.detail = "lost", reason
+                self._schedule_flush()
+
+    def _on_finished(self, node: str, message: Finished, now: float) -> c.TasksFinished:
+        return c.TasksFinished(node, message.results, now)
+
+    def _on_error(self, node: str, message: Error, now: float) -> None:
+        self._publish([ev.Alert("error", f"{node}: agent error {message.code}: {message.message}", node)])
+
+    def _set_peer(self, peer: Peer, state: str, detail: str) -> None:
+        peer.state, peer.detail = state, detail
+        self._publish([ev.NodeChanged(peer.address, state, detail=detail)])
+
+    # --- jobs -------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, actor: str = "operator") -> int:
+        """Persist, then accept: the id is returned only after the commit."""
+        now = time.time()
+        job_id = self.store.add_job(spec, now, actor)
+        self.core.handle(c.JobSubmitted(job_id, spec, now))
+        self._schedule_flush()
+        return job_id
+
+    def operate(self, event: Any) -> None:
+        self.core.handle(event)
+        self._schedule_flush()
+
+    def resubmit(self, job_id: int, failed_only: bool = True, actor: str = "operator") -> int:
+        """Failed and cancelled tasks back to the queue; or, with
+        ``failed_only=False``, the whole job from scratch (once it ended)."""
+        spec = self.store.job_spec(job_id)
+        if spec is None:
+            raise KeyError(f"no job {job_id}")
+        job = self.core.jobs.get(job_id)
+        if not failed_only:
+            if job is not None and job.status.value == "running":
+                raise ValueError(f"job {job_id} is still running; cancel it first or resubmit --failed")
+            self.store.reset_job(job_id)
+            self.core.jobs.pop(job_id, None)
+            self.store.write([], [(time.time(), actor, "resubmit", f"job {job_id}", "whole job")], [])
+            self.operate(c.JobSubmitted(job_id, spec, time.time()))
+            return spec.task_count()
+        if job is None:
+            self.core.restore_job(job_id, spec, time.time(), self.store.task_states(job_id), self.store.succeeded_values(job_id))
+        rows = self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])
+        self.operate(c.ResubmitTasks(job_id, rows, actor, time.time()))
+        return len(rows)
+
+    # --- the flush --------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self.core.collect(time.time())
+        if not out:
+            return
+        jobs = [
+            (j.id, j.status.value, j.finished_at, j.reducer.result(), j.counts_by_label())
+            for j in out.finished_jobs
+        ]
+        self.store.write(out.task_rows, out.audit, jobs)
+        for node, specs in out.runs.items():
+            self._send(node, [Run(specs)])
+        for node, ids in out.cancels.items():
+            self._send(node, [Cancel(ids)])
+        for node, drained in out.drains:
+            self._send(node, [Drain() if drained else Undrain()])
+        for node, ids in out.acks.items():
+            if ids:
+                self._send(node, [Ack(ids)])
+        self._publish(out.events)
+
+    def _send(self, node: str, messages: list[Message]) -> None:
+        peer = self.peers.get(node)
+        if peer is None or peer.link is None:
+            return  # the node is gone; its tasks were requeued by NodeLost
+        try:
+            peer.link.send_many(messages)
+        except (LinkError, OSError, asyncssh.Error) as exc:
+            log.debug("send to %s failed: %s", node, exc)
+
+    def _publish(self, events: list[Any]) -> None:
+        if events:
+            self.bus.publish(events)
+
+    async def _tick_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            mono = time.monotonic()
+            self.core.update_rates(mono - last)
+            last = mono
+            self.core.handle(c.Tick(time.time()))
+            self._schedule_flush()
+
+    # --- snapshots for UIs ------------------------------------------------------
+
+    def node_snapshot(self) -> list[dict[str, Any]]:
+        rows = []
+        for address, peer in self.peers.items():
+            node = self.core.nodes.get(address)
+            hb = node.load if node else None
+            rows.append(
+                {
+                    "node": address,
+                    "state": peer.state,
+                    "detail": peer.detail,
+                    "hostname": node.hostname if node else "",
+                    "agent_id": node.agent_id if node else "",
+                    "slots": node.slots if node else 0,
+                    "labels": dict(node.labels) if node else {},
+                    "drained": bool(node and node.drained),
+                    "running": len(node.running) if node else 0,
+                    "cpu": hb.cpu if hb else None,
+                    "mem": hb.mem if hb else None,
+                    "load1": hb.load[0] if hb and hb.load else None,
+                    "slots_busy": hb.slots_busy if hb else 0,
+                }
+            )
+        return rows
+
+    def job_snapshot(self) -> list[dict[str, Any]]:
+        rows = self.store.jobs()
+        live = self.core.jobs
+        for row in rows:
+            job = live.get(row["id"])
+            if job is not None:
+                row["status"] = job.status.value
+                row["counts"] = job.counts_by_label()
+        return rows
+
+    def job_result(self, job_id: int) -> Any:
+        job = self.core.jobs.get(job_id)
+        return job.reducer.result() if job else self.store.job_result(job_id)
+
+
+def engine_lock(state_dir: Path) -> Any:
+    """One engine per state dir: an exclusive, non-blocking flock."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = open(state_dir / "engine.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RuntimeError(f"another shoal engine is using {state_dir} (see the lock file {state_dir / 'engine.lock'})") from None
+    return handle

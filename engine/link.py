@@ -1,0 +1,367 @@
+"""The console's end of an agent connection: SSH, the ``shoal`` subsystem, frames.
+
+``open_link`` connects with the console's key, checks the agent's host key
+against the pinned one BEFORE authenticating, opens the subsystem, says hello
+and returns an ``AgentLink`` once the agent has answered. The link moves
+``engine.protocol`` messages: ``send_many`` is one channel write for a whole
+batch, ``recv_many`` hands over everything decoded so far in one await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import asyncssh
+
+from engine.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    ERR_PROTOCOL,
+    PROTOCOL_VERSION,
+    SUBSYSTEM,
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    ProtocolError,
+    decode_body,
+    encode,
+    encode_many,
+)
+
+# Same lists as nodeagent/server.py (a test keeps them equal); see PROTOCOL.md.
+KEX_ALGS = ["mlkem768x25519-sha256"]
+COMPAT_KEX_ALGS = ["curve25519-sha256"]
+HOST_KEY_ALGS = ["ssh-ed25519"]
+CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
+MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+
+SSH_USERNAME = "shoal"  # the agent authorizes keys, not user names
+MAX_PACKET_SIZE = 256 * 1024
+WINDOW_SIZE = 8 * 1024 * 1024
+# Decoded messages held for a slow reader before the channel stops reading
+# (the SSH window then pushes back on the agent).
+RECV_HIGH_WATER = 50_000
+RECV_LOW_WATER = 10_000
+
+
+class LinkError(Exception):
+    """Any failure to reach, trust or talk to an agent."""
+
+
+class HostKeyMismatch(LinkError):
+    """The agent presented a different host key from the pinned one.
+
+    ``key`` is the presented key (as in ``UnknownHostKey``), ``expected`` the pinned one.
+    """
+
+    def __init__(self, host: str, port: int, expected: asyncssh.SSHKey, presented: asyncssh.SSHKey) -> None:
+        self.expected = expected
+        self.key = presented
+        self.fingerprint = fingerprint(presented)
+        super().__init__(
+            f"host key of {host}:{port} changed: expected {fingerprint(expected)}, "
+            f"presented {fingerprint(presented)}"
+        )
+
+
+class UnknownHostKey(LinkError):
+    """No key is pinned for this agent; ``key`` is what it presented, to pin."""
+
+    def __init__(self, host: str, port: int, key: asyncssh.SSHKey) -> None:
+        self.key = key
+        self.fingerprint = fingerprint(key)
+        super().__init__(f"host key of {host}:{port} is not trusted yet: {self.fingerprint}")
+
+
+class AuthRefused(LinkError):
+    """The agent does not accept the console's key."""
+
+
+class AgentRefused(LinkError):
+    """The agent sent an error frame during the handshake (e.g. version)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"agent refused ({code}): {message}")
+
+
+class LinkClosed(LinkError):
+    """The channel ended; ``recv`` after the last message raises this."""
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    return key.get_fingerprint("sha256")
+
+
+class _HostKeyCheck(asyncssh.SSHClient):
+    """Decides on the host key during key exchange, before any auth is sent."""
+
+    def __init__(self, pinned: asyncssh.SSHKey | None, accept_unknown: bool) -> None:
+        self._pinned = pinned
+        self._accept_unknown = accept_unknown
+        self.presented: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.presented = key
+        if self._pinned is None:
+            return self._accept_unknown
+        # SSHKey has no value equality; a pinned key may also be a private key.
+        return key.public_data == self._pinned.public_data
+
+
+class _LinkChannel(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, link: AgentLink) -> None:
+        self._link = link
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._link._on_data(data)
+
+    def eof_received(self) -> bool:
+        self._link._on_end("the agent closed the channel")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._on_end(f"connection lost: {exc}" if exc else "the channel closed")
+        # The connection exists for this one channel.
+        self._link.conn.close()
+
+    def pause_writing(self) -> None:
+        self._link._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._link._writable.set()
+
+
+class AgentLink:
+    """One console-to-agent channel. Built by ``open_link``."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, host_key: asyncssh.SSHKey, max_frame_bytes: int) -> None:
+        self.conn = conn
+        self.host_key = host_key
+        self.hello: Hello | None = None
+        self.close_reason: str | None = None
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._inbox: deque[Message] = deque()
+        self._arrived = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._reading_paused = False
+        self._peer_error: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.host_key)
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    # --- sending ---------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        self._write(encode(message))
+
+    def send_many(self, messages: list[Message]) -> None:
+        """Several messages in one channel write."""
+        if messages:
+            self._write(encode_many(messages))
+
+    def _write(self, data: bytes) -> None:
+        if self._chan is None or self.closed:
+            raise LinkClosed(self.close_reason or "the link is closed")
+        self._chan.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the agent is not taking data (its SSH window is full).
+
+        Returns at once in the common case; callers await it between batches,
+        never per message.
+        """
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    # --- receiving ---------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            for obj in self._decoder.feed_raw(data):
+                message = decode_body(obj)
+                if isinstance(message, Error):
+                    # The agent closes right after; say why when it does.
+                    self._peer_error = f"agent error {message.code}: {message.message}"
+                self._inbox.append(message)
+        except ProtocolError as exc:
+            # Tell the agent why, keep what decoded, then end the link.
+            self._fail(exc.code, str(exc))
+        if self._inbox:
+            self._arrived.set()
+            if len(self._inbox) > RECV_HIGH_WATER and self._chan is not None and not self._reading_paused:
+                self._reading_paused = True
+                self._chan.pause_reading()
+
+    def _fail(self, code: str, message: str) -> None:
+        if self._chan is not None and not self.closed:
+            self._chan.write(encode(Error(code=code, message=message)))
+            self._chan.close()
+        self._on_end(f"{code}: {message}")
+
+    def _on_end(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = self._peer_error or reason
+        self._arrived.set()
+        self._writable.set()
+
+    async def recv_many(self) -> list[Message]:
+        """Every message received so far (at least one); LinkClosed at the end."""
+        while not self._inbox:
+            if self.closed:
+                raise LinkClosed(self.close_reason or "closed")
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = list(self._inbox)
+        self._inbox.clear()
+        self._resume_reading_if_low()
+        return batch
+
+    async def recv(self) -> Message:
+        while not self._inbox:
+            if self.closed:
+                raise LinkClosed(self.close_reason or "closed")
+            self._arrived.clear()
+            await self._arrived.wait()
+        message = self._inbox.popleft()
+        self._resume_reading_if_low()
+        return message
+
+    def _resume_reading_if_low(self) -> None:
+        if self._reading_paused and len(self._inbox) < RECV_LOW_WATER and self._chan is not None:
+            self._reading_paused = False
+            self._chan.resume_reading()
+
+    def __aiter__(self) -> AgentLink:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except LinkClosed:
+            raise StopAsyncIteration from None
+
+    # --- closing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        self._on_end("closed by the console")
+        self.conn.close()
+
+    async def wait_closed(self) -> None:
+        await self.conn.wait_closed()
+
+    async def __aenter__(self) -> AgentLink:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # --- setup ---------------------------------------------------------------------
+
+    async def _open(self, console_id: str, timeout: float) -> None:
+        chan, _ = await self.conn.create_session(
+            lambda: _LinkChannel(self), subsystem=SUBSYSTEM, encoding=None, window=WINDOW_SIZE,
+            max_pktsize=MAX_PACKET_SIZE,
+        )
+        self._chan = chan
+        self.send(Hello(version=PROTOCOL_VERSION, role="console", id=console_id))
+        first = await asyncio.wait_for(self.recv(), timeout)
+        if isinstance(first, Error):
+            raise AgentRefused(first.code, first.message)
+        if not isinstance(first, Hello) or first.role != "agent":
+            self._fail(ERR_PROTOCOL, f"expected the agent's hello, got {first.TYPE!r}")
+            raise LinkError(f"agent answered {first.TYPE!r} instead of hello")
+        self.hello = first
+
+
+async def open_link(
+    host: str,
+    port: int,
+    *,
+    client_key: asyncssh.SSHKey,
+    console_id: str,
+    pinned_host_key: asyncssh.SSHKey | None,
+    accept_unknown: bool = False,
+    connect_timeout: float = 10,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    compat_kex: bool = False,
+    local_addr: tuple[str, int] | None = None,
+) -> AgentLink:
+    """Connect, verify the host key, authenticate, say hello. Raises LinkError.
+
+    ``compat_kex`` also offers plain curve25519 (for agents run with
+    ``--compat-kex``); ``local_addr`` picks the source address on a
+    multi-homed console.
+    """
+    check = _HostKeyCheck(pinned_host_key, accept_unknown)
+    where = f"{host}:{port}"
+    try:
+        conn, _ = await asyncssh.create_connection(
+            lambda: check,
+            host,
+            port,
+            # An empty trust list sends every key to validate_host_public_key.
+            known_hosts=([], [], []),
+            username=SSH_USERNAME,
+            client_keys=[client_key],
+            agent_path=None,
+            password=None,
+            preferred_auth="publickey",
+            kbdint_auth=False,
+            password_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            gss_kex=False,
+            gss_auth=False,
+            kex_algs=KEX_ALGS + (COMPAT_KEX_ALGS if compat_kex else []),
+            server_host_key_algs=HOST_KEY_ALGS,
+            signature_algs=HOST_KEY_ALGS,
+            encryption_algs=CIPHERS,
+            mac_algs=MACS,
+            compression_algs=None,
+            connect_timeout=connect_timeout,
+            login_timeout=connect_timeout,
+            local_addr=local_addr or (),
+            config=None,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        presented = check.presented
+        if presented is None:
+            raise LinkError(f"{where}: host key could not be verified") from None
+        if pinned_host_key is not None:
+            raise HostKeyMismatch(host, port, pinned_host_key, presented) from None
+        raise UnknownHostKey(host, port, presented) from None
+    except asyncssh.PermissionDenied:
+        raise AuthRefused(f"{where}: the agent does not accept this console's key") from None
+    except asyncssh.DisconnectError as exc:
+        raise LinkError(f"{where}: {exc.reason}") from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise LinkError(f"{where}: cannot connect: {exc or 'timed out'}") from None
+
+    host_key = conn.get_server_host_key()
+    assert host_key is not None
+    link = AgentLink(conn, host_key, max_frame_bytes)
+    try:
+        await link._open(console_id, connect_timeout)
+    except asyncssh.ChannelOpenError as exc:
+        conn.close()
+        raise LinkError(f"{where}: subsystem {SUBSYSTEM!r} refused: {exc.reason}") from None
+    except asyncio.TimeoutError:
+        conn.close()
+        raise LinkError(f"{where}: no hello from the agent within {connect_timeout} s") from None
+    except LinkError:
+        conn.close()
+        raise
+    return link

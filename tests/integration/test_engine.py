@@ -1,0 +1,240 @@
+"""The engine against real `shoal agent` processes on loopback, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from demos.cluster import REPO, LocalCluster
+from engine.api import Engine
+from engine.spec import parse_job_text
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def job(text: str, base: Path = REPO):
+    return parse_job_text(text, source="test.toml", base_dir=base)
+
+
+async def open_engine(cluster: LocalCluster, nodes: list[str] | None = None) -> Engine:
+    engine = await Engine.open(
+        cluster.state_dir, cluster.config_dir, nodes=cluster.addresses if nodes is None else nodes, trust_new=True
+    )
+    await engine.wait_for_nodes(len(cluster.addresses if nodes is None else nodes), timeout=30)
+    return engine
+
+
+def succeeded_rows(state_dir: Path, job_id: int) -> list[tuple[int, int]]:
+    db = sqlite3.connect(state_dir / "shoal.db")
+    try:
+        return db.execute("SELECT idx, attempts FROM tasks WHERE job_id = ? AND status = 3 ORDER BY idx", (job_id,)).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalCluster(tmp_path, [2, 2]) as c:
+        yield c
+
+
+def shoal(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_squares_job_file_runs_as_written(cluster):
+    proc = shoal(
+        "run", "demos/jobs/squares.toml", "--json", "--trust-new",
+        "--state-dir", str(cluster.state_dir), "--config-dir", str(cluster.config_dir),
+        *[arg for a in cluster.addresses for arg in ("--node", a)],
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["result"] == 333833500
+    assert summary["counts"]["succeeded"] == 1000
+
+
+def test_malformed_job_file_is_one_line_naming_line_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ncommand = ["echo", "{item}"]\nitems = [1, 2]\ntimeout = "soon"\n')
+    proc = shoal("run", str(bad), "--node", "127.0.0.1:1", "--state-dir", str(tmp_path / "s"), "--config-dir", str(tmp_path / "c"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "bad.toml:4" in proc.stderr and "timeout" in proc.stderr
+
+
+async def test_python_callables_reduce_and_partial_results(cluster):
+    engine = await open_engine(cluster)
+    try:
+        job_id = engine.submit(job('name = "fact"\nfunction = "math:factorial"\nitems = { range = [0, 20] }\nreduce = "max"\n'))
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        import math
+
+        assert engine.result(job_id) == math.factorial(19)
+        values = [row["value"] for row in engine.task_results(job_id)]
+        assert values == [math.factorial(i) for i in range(20)]
+    finally:
+        await engine.close()
+
+
+async def test_retries_with_backoff_then_failure_is_recorded(cluster):
+    engine = await open_engine(cluster)
+    try:
+        job_id = engine.submit(
+            job('name = "flaky"\nshell = "echo oops >&2; exit 3"\ncount = 2\nretries = 2\nbackoff = { base = "50ms", cap = "200ms" }\n')
+        )
+        assert await engine.wait(job_id, timeout=60) == "failed"
+        rows = engine.task_results(job_id)
+        assert [r["status"] for r in rows] == ["failed", "failed"]
+        assert all(r["attempts"] == 3 and r["exit_code"] == 3 for r in rows)
+        assert "oops" in rows[0]["stderr"]
+    finally:
+        await engine.close()
+
+
+async def test_timeout_fails_the_attempt(cluster):
+    engine = await open_engine(cluster)
+    try:
+        started = time.monotonic()
+        job_id = engine.submit(job('name = "slow"\ncommand = ["sleep", "30"]\ncount = 1\nretries = 0\ntimeout = "500ms"\n'))
+        assert await engine.wait(job_id, timeout=30) == "failed"
+        assert time.monotonic() - started < 15
+        assert "timeout" in (engine.task_results(job_id)[0]["error"] + "timeout").lower()
+    finally:
+        await engine.close()
+
+
+async def test_lost_node_tasks_rerun_exactly_once(cluster):
+    engine = await open_engine(cluster)
+    try:
+        job_id = engine.submit(job('name = "sleepy"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
+        deadline = time.monotonic() + 30
+        while engine.counts(job_id)["succeeded"] < 5:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        cluster.agents[0].kill(signal.SIGKILL)
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert engine.result(job_id) == sum(range(40))
+        rows = succeeded_rows(cluster.state_dir, job_id)
+        assert [idx for idx, _ in rows] == list(range(40))
+    finally:
+        await engine.close()
+
+
+async def test_poison_task_fails_instead_of_killing_every_node(tmp_path):
+    with LocalCluster(tmp_path, [1, 1, 1]) as cluster:
+        engine = await open_engine(cluster)
+        try:
+            # Item 0 kills the agent that runs it; every other item is fine.
+            spec = job(
+                'name = "poison"\nshell = "if [ {item} = 0 ]; then kill -9 $PPID; sleep 5; fi; echo {item}"\n'
+                'items = { range = [0, 6] }\nmax_node_failures = 2\nreduce = "sum"\n'
+            )
+            job_id = engine.submit(spec)
+            assert await engine.wait(job_id, timeout=60) == "failed"
+            rows = {r["index"]: r for r in engine.task_results(job_id)}
+            assert rows[0]["status"] == "failed" and "poison" in rows[0]["error"]
+            assert all(rows[i]["status"] == "succeeded" for i in range(1, 6))
+            assert engine.result(job_id) == sum(range(1, 6))
+        finally:
+            await engine.close()
+
+
+async def test_drain_with_requeue_moves_running_tasks_and_undrain_restores(cluster):
+    engine = await open_engine(cluster)
+    try:
+        a, b = cluster.addresses
+        job_id = engine.submit(job('name = "drain"\nshell = "sleep 0.3; echo 1"\ncount = 16\nreduce = "sum"\n'))
+        await asyncio.sleep(0.2)
+        engine.drain(a, requeue=True)
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert engine.result(job_id) == 16
+        nodes = {r["node"]: r for r in engine.task_results(job_id)}
+        assert set(nodes) == {b} or a not in {r["node"] for r in engine.task_results(job_id)[8:]}
+        engine.undrain(a)
+        job2 = engine.submit(job('name = "after"\nshell = "sleep 0.2; echo 1"\ncount = 8\nreduce = "sum"\n'))
+        assert await engine.wait(job2, timeout=60) == "succeeded"
+        assert a in {r["node"] for r in engine.task_results(job2)}
+    finally:
+        await engine.close()
+
+
+async def test_resubmit_failed_tasks_and_cancel(cluster, tmp_path):
+    marker = tmp_path / "ok"
+    engine = await open_engine(cluster)
+    try:
+        # Fails until the marker file exists.
+        job_id = engine.submit(job(f'name = "fix"\nshell = "test -e {marker} && echo 2"\ncount = 3\nretries = 0\nreduce = "sum"\n'))
+        assert await engine.wait(job_id, timeout=60) == "failed"
+        marker.write_text("")
+        assert engine.resubmit(job_id) == 3
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert engine.result(job_id) == 6
+        long = engine.submit(job('name = "long"\ncommand = ["sleep", "30"]\ncount = 10\n'))
+        await asyncio.sleep(0.3)
+        engine.cancel(long)
+        assert await engine.wait(long, timeout=30) == "cancelled"
+    finally:
+        await engine.close()
+
+
+async def test_labels_and_heterogeneous_slots(tmp_path):
+    with LocalCluster(tmp_path, [1, 3], labels=["", "gpu=yes"]) as cluster:
+        engine = await open_engine(cluster)
+        try:
+            plain, gpu = cluster.addresses
+            only_gpu = engine.submit(job('name = "g"\nshell = "echo 1"\ncount = 6\nlabels = { gpu = "yes" }\nreduce = "sum"\n'))
+            assert await engine.wait(only_gpu, timeout=60) == "succeeded"
+            assert {r["node"] for r in engine.task_results(only_gpu)} == {gpu}
+            spread = engine.submit(job('name = "s"\nshell = "sleep 0.3; echo 1"\ncount = 24\nreduce = "sum"\n'))
+            assert await engine.wait(spread, timeout=60) == "succeeded"
+            per_node = [r["node"] for r in engine.task_results(spread)]
+            assert per_node.count(gpu) > per_node.count(plain)
+        finally:
+            await engine.close()
+
+
+def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_path):
+    jobfile = tmp_path / "resume.toml"
+    jobfile.write_text('name = "resume"\nshell = "sleep 0.1; echo {item}"\nitems = { range = [0, 60] }\nreduce = "sum"\n')
+    args = [
+        sys.executable, "-m", "console.cli", "run", str(jobfile), "--json", "--trust-new",
+        "--state-dir", str(cluster.state_dir), "--config-dir", str(cluster.config_dir),
+        *[arg for a in cluster.addresses for arg in ("--node", a)],
+    ]
+    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db_path = cluster.state_dir / "shoal.db"
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "no progress before the kill"
+        if db_path.exists():
+            try:
+                db = sqlite3.connect(db_path)
+                done = db.execute("SELECT count(*) FROM tasks WHERE status = 3").fetchone()[0]
+                db.close()
+            except sqlite3.Error:
+                done = 0
+            if done >= 10:
+                break
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["result"] == sum(range(60))
+    assert "resuming" in second.stderr
+    rows = succeeded_rows(cluster.state_dir, summary["job"])
+    assert [idx for idx, _ in rows] == list(range(60))

@@ -1,0 +1,247 @@
+"""The pure engine core, driven with plain events; invariants after each step."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import core as c
+from engine.model import IllegalTransition, Task, TaskStatus
+from engine.protocol import Heartbeat, Hello, TaskResult
+from engine.spec import parse_job_text
+
+
+def spec(extra: str = "", count: int = 10):
+    return parse_job_text(f'name = "t"\nfunction = "math:sqrt"\ncount = {count}\nreduce = "sum"\n{extra}', source="t.toml")
+
+
+def hello(node_slots: int = 2, holding: list[str] | None = None, labels=None) -> Hello:
+    return Hello(version=1, role="agent", id="agent", slots=node_slots, holding=holding or [], labels=labels or {})
+
+
+def ok(aid: str, value=1) -> TaskResult:
+    return TaskResult(id=aid, outcome="ok", value=value)
+
+
+def fail(aid: str) -> TaskResult:
+    return TaskResult(id=aid, outcome="error", error="ValueError: no")
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.core = c.EngineCore(rng=random.Random(0))
+        self.now = 1000.0
+        self.sent: dict[str, list[str]] = {}
+
+    def step(self, event=None) -> c.Effects:
+        if event is not None:
+            self.core.handle(event)
+        out = self.core.collect(self.now)
+        for node, specs in out.runs.items():
+            self.sent.setdefault(node, []).extend(s.id for s in specs)
+        self.core.validate_state()
+        return out
+
+    def node(self, name: str, slots: int = 2, **kw) -> c.Effects:
+        return self.step(c.NodeUp(name, hello(slots, **kw), self.now))
+
+    def finish(self, node: str, results: list[TaskResult]) -> c.Effects:
+        return self.step(c.TasksFinished(node, results, self.now))
+
+
+def test_job_runs_to_completion_and_reduces():
+    h = Harness()
+    h.node("a", 2)
+    h.step(c.JobSubmitted(1, spec(count=5), h.now))
+    while h.core.jobs[1].status.value == "running":
+        pending = list(h.core.nodes["a"].running)
+        assert pending
+        h.finish("a", [ok(aid, 2) for aid in pending])
+    assert h.core.jobs[1].reducer.result() == 10
+    assert h.core.jobs[1].status.value == "succeeded"
+
+
+def test_in_flight_is_bounded_by_slots_plus_prefetch():
+    h = Harness()
+    h.node("a", 2)
+    out = h.step(c.JobSubmitted(1, spec(count=1000), h.now))
+    # A fresh node has no measured rate yet: slots plus one task per slot.
+    assert len(out.runs["a"]) == 4
+
+
+def test_duplicate_and_late_results_are_counted_once():
+    h = Harness()
+    h.node("a", 1)
+    h.node("b", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    (node, ids), = h.sent.items()
+    first = ids[0]
+    h.step(c.NodeLost(node, "test", h.now))  # requeued elsewhere under a new attempt id
+    other = "b" if node == "a" else "a"
+    second = h.sent[other][0]
+    assert second != first
+    out = h.finish(node, [ok(first, 5)])  # the late result of the lost attempt
+    assert first in out.acks[node]  # acked so the agent forgets it ...
+    assert h.core.jobs[1].counts[TaskStatus.SUCCEEDED] == 0  # ... but not counted
+    h.finish(other, [ok(second, 7), ok(second, 7)])
+    assert h.core.jobs[1].reducer.result() == 7
+
+
+def test_failures_retry_with_backoff_then_fail():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec('retries = 1\nbackoff = { base = "1s", cap = "1s" }', count=1), h.now))
+    aid = h.sent["a"][-1]
+    h.finish("a", [fail(aid)])
+    assert h.core.jobs[1].counts[TaskStatus.PENDING] == 1
+    h.step(c.Tick(h.now + 0.1))
+    assert h.core.jobs[1].counts[TaskStatus.PENDING] == 1  # jittered delay is at least half the base
+    h.now += 1.01
+    h.step(c.Tick(h.now))
+    aid2 = h.sent["a"][-1]
+    assert aid2 != aid
+    out = h.finish("a", [fail(aid2)])
+    assert h.core.jobs[1].status.value == "failed"
+    assert out.finished_jobs
+
+
+def test_missed_heartbeats_mark_node_lost_and_requeue():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    h.now += 5
+    out = h.step(c.Tick(h.now))
+    assert any(getattr(e, "state", "") == "lost" for e in out.events)
+    assert h.core.jobs[1].counts[TaskStatus.QUEUED] == 1
+
+
+def test_poison_task_fails_after_max_node_failures():
+    h = Harness()
+    h.step(c.JobSubmitted(1, spec("max_node_failures = 2", count=1), h.now))
+    for name in ("a", "b"):
+        h.node(name, 1)
+        h.step(c.NodeLost(name, "died", h.now))
+    assert h.core.jobs[1].counts[TaskStatus.FAILED] == 1
+
+
+def test_drained_node_gets_no_work_and_requeue_moves_running_tasks():
+    h = Harness()
+    h.node("a", 2)
+    h.step(c.JobSubmitted(1, spec(count=10), h.now))
+    out = h.step(c.DrainNode("a", True, "op", h.now))
+    assert ("a", True) in out.drains
+    assert len(out.cancels["a"]) == 4
+    assert "a" not in out.runs
+    h.node("b", 2)
+    assert len(h.sent["b"]) == 4
+
+
+def test_node_that_restarted_loses_its_unheld_attempts():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    aid = h.sent["a"][0]
+    h.node("a", 1, holding=[])  # reconnect: the agent no longer holds it
+    assert h.sent["a"][-1] != aid  # re-sent under a new attempt id
+
+
+def test_stale_attempts_held_by_a_node_are_cancelled():
+    h = Harness()
+    out = h.node("a", 1, holding=["9.9.1"])
+    assert out.cancels["a"] == ["9.9.1"]
+
+
+def test_cancel_job_cancels_everything_and_finishes_it():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=100), h.now))
+    out = h.step(c.CancelJob(1, "op", h.now))
+    assert h.core.jobs[1].status.value == "cancelled"
+    assert len(out.cancels["a"]) == 2
+
+
+def test_illegal_transition_raises():
+    h = Harness()
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    task = Task(h.core.jobs[1], 0)
+    task.status = TaskStatus.SUCCEEDED
+    with pytest.raises(IllegalTransition):
+        h.core._move(task, TaskStatus.RUNNING, "test")
+
+
+def test_restore_requeues_in_flight_tasks_with_their_attempt_ids():
+    h = Harness()
+    rows = [(0, TaskStatus.SUCCEEDED, 1, 0, 0), (2, TaskStatus.PENDING, 1, 1, 0)]
+    h.core.restore_job(1, spec(count=5), h.now, rows, [(0, 3.0)])
+    h.core.validate_state()
+    job = h.core.jobs[1]
+    assert job.counts[TaskStatus.SUCCEEDED] == 1 and job.counts[TaskStatus.QUEUED] == 4
+    h.node("a", 8)
+    assert h.sent["a"][:2] == ["1.1.1", "1.2.2"]  # same ids as before the crash
+
+
+def test_rejected_tasks_are_requeued_without_counting_an_attempt():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    aid = h.sent["a"][0]
+    h.step(c.TasksRejected("a", [aid], "node is drained", h.now))
+    assert h.core.nodes["a"].drained
+    assert h.core.jobs[1].counts[TaskStatus.QUEUED] == 1
+
+
+def test_heartbeat_updates_load_and_drain_state():
+    h = Harness()
+    h.node("a", 2)
+    out = h.step(c.HeartbeatReceived("a", Heartbeat(time=1.0, cpu=50, mem=10, load=[1, 1, 1], slots_total=2, slots_busy=1, queued=0, drained=True), h.now))
+    assert h.core.nodes["a"].drained
+    assert any(type(e).__name__ == "NodeLoad" for e in out.events)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ok", "fail", "lose", "tick", "up", "drain", "undrain", "cancel"]), st.integers(0, 2)), max_size=60))
+def test_random_event_sequences_keep_invariants_and_count_each_task_once(steps):
+    h = Harness()
+    names = ["a", "b", "c"]
+    h.step(c.JobSubmitted(1, spec("retries = 1\nbackoff = { base = \"1s\", cap = \"1s\" }", count=12), h.now))
+    for action, k in steps:
+        name = names[k]
+        node = h.core.nodes.get(name)
+        if action == "up":
+            h.node(name, k + 1, holding=list(node.running) if node and node.up else [])
+        elif node is None or not node.up:
+            continue
+        elif action in ("ok", "fail") and node.running:
+            aid = next(iter(node.running))
+            h.finish(name, [ok(aid) if action == "ok" else fail(aid)])
+        elif action == "lose":
+            h.step(c.NodeLost(name, "test", h.now))
+        elif action == "tick":
+            h.now += 1.1
+            for other in h.core.nodes.values():
+                other.last_seen = h.now
+            h.step(c.Tick(h.now))
+        elif action == "drain":
+            h.step(c.DrainNode(name, bool(k % 2), "op", h.now))
+        elif action == "undrain":
+            h.step(c.UndrainNode(name, "op", h.now))
+        elif action == "cancel" and k == 2:
+            h.step(c.CancelJob(1, "op", h.now, [0, 1]))
+    job = h.core.jobs[1]
+    assert job.reducer.result() == job.counts[TaskStatus.SUCCEEDED]
+
+
+def test_results_from_before_a_restart_are_adopted_not_rerun():
+    h = Harness()
+    h.core.restore_job(1, spec(count=3), h.now, [], [])
+    # The agent still runs 1.0.1 and has 1.1.1's result in its journal.
+    h.node("a", 1, holding=["1.0.1"])
+    assert "1.0.1" not in h.sent.get("a", [])
+    h.finish("a", [ok("1.1.1", 5), ok("1.0.1", 2)])
+    job = h.core.jobs[1]
+    assert job.counts[TaskStatus.SUCCEEDED] == 2
+    assert job.reducer.result() == 7
+    assert "1.0.1" not in h.sent["a"]  # never re-sent: it was adopted
