@@ -61,7 +61,7 @@ class Progress:
         self.stream.flush()
 
 
-async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool = False) -> int:
+async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool = False, summary: bool = False) -> int:
     """Submit, follow, print the result. Returns the exit code."""
     out = Progress(sys.stderr, quiet)
     events = engine.events()
@@ -124,7 +124,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
         }
         print(json.dumps(summary, default=_jsonable))
     else:
-        print(format_result(result))
+        print(format_result(summarise(result) if summary else result))
     return 0 if status == "succeeded" else 1
 
 
@@ -132,6 +132,17 @@ def format_result(result: Any) -> str:
     if isinstance(result, str):
         return result
     return json.dumps(result, default=_jsonable, indent=None if not isinstance(result, dict) else 2)
+
+
+def summarise(result: Any, top: int = 10) -> Any:
+    """A big mapping cut to its largest entries, for a screen rather than a pipe."""
+    if isinstance(result, dict) and len(result) > top:
+        try:
+            best = sorted(result.items(), key=lambda kv: kv[1], reverse=True)[:top]
+        except TypeError:
+            best = list(result.items())[:top]
+        return {**dict(best), "...": f"{len(result) - top} more"}
+    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -23,7 +23,7 @@ from engine.api import Engine
 from engine.spec import load_job_file
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
-DEMO_JOBS = ["squares.toml", "wordcount.toml", "primes.toml"]
+DEMO_JOBS = ["squares.toml", "wordcount.toml", "collatz.toml", "flaky.toml"]
 
 
 async def _chaos(cluster: LocalCluster, stop: asyncio.Event) -> None:
@@ -64,7 +64,7 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
                 for name in jobs:
                     spec = load_job_file(JOBS_DIR / name)
                     print(f"\ndemo: job {name}: {spec.task_count()} tasks", file=sys.stderr)
-                    worst = max(worst, await run_job(engine, spec, as_json=False))
+                    worst = max(worst, await run_job(engine, spec, as_json=False, summary=True))
             finally:
                 stop.set()
                 if chaos_task:

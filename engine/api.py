@@ -24,7 +24,7 @@ from engine.paths import config_dir as default_config_dir
 from engine.paths import state_dir as default_state_dir
 from engine.spec import JobSpec
 from engine.store import Store
-from engine.trust import KnownHosts, load_or_create_console_key
+from engine.trust import KnownHosts, display_endpoint, load_or_create_console_key
 
 
 class Engine:
@@ -84,7 +84,7 @@ class Engine:
                 return
             if node.agent_id in seen:
                 return  # one agent under several names: keep the first address
-            address = f"{node.addresses[0]}:{node.port}"
+            address = display_endpoint(node.addresses[0], node.port)
             seen[node.agent_id] = address
             self.coordinator.add_node(address)
 

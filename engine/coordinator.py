@@ -44,7 +44,7 @@ from engine.protocol import (
 )
 from engine.spec import JobSpec
 from engine.store import Store
-from engine.trust import KnownHosts, TrustStatus, fingerprint
+from engine.trust import KnownHosts, TrustError, fingerprint
 
 log = logging.getLogger("shoal.engine")
 
@@ -158,7 +158,7 @@ class Coordinator:
         while not self._closing:
             try:
                 link = await self._connect(peer)
-            except (UnknownHostKey, HostKeyMismatch) as exc:
+            except (UnknownHostKey, HostKeyMismatch, TrustError) as exc:
                 await self._wait_for_trust(peer, exc)
                 continue
             except (LinkError, OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
@@ -193,7 +193,7 @@ class Coordinator:
         return link
 
     async def _wait_for_trust(self, peer: Peer, exc: Exception) -> None:
-        if isinstance(exc, HostKeyMismatch):
+        if isinstance(exc, (HostKeyMismatch, TrustError)):
             self._set_peer(peer, "refused", str(exc))
             self._publish([ev.Alert("error", f"host key of {peer.address} CHANGED, refused: {exc}", peer.address)])
         else:

@@ -196,6 +196,8 @@ class Journal:
         return sum(map(len, self._results.values())) + sum(map(len, self._accepted.values()))
 
     def _maybe_compact(self) -> None:
+        if self._fd < 0:
+            return  # closed: nothing more reaches the file
         if self._entries >= self._compact_min_entries and self._live() * 4 <= self._entries:
             self.compact()
 

@@ -238,3 +238,21 @@ def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_p
     assert "resuming" in second.stderr
     rows = succeeded_rows(cluster.state_dir, summary["job"])
     assert [idx for idx, _ in rows] == list(range(60))
+
+
+async def test_node_that_comes_back_is_reconnected_and_used_again(cluster):
+    engine = await open_engine(cluster)
+    try:
+        agent = cluster.agents[0]
+        agent.kill(signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while any(n["state"] == "up" for n in engine.nodes() if n["node"] == agent.address):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(agent.start, cluster.authorized_keys, agent.port)
+        await engine.wait_for_nodes(2, timeout=40)
+        job_id = engine.submit(job('name = "back"\nshell = "sleep 0.2; echo 1"\ncount = 12\nreduce = "sum"\n'))
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert agent.address in {r["node"] for r in engine.task_results(job_id)}
+    finally:
+        await engine.close()

@@ -245,3 +245,34 @@ def test_results_from_before_a_restart_are_adopted_not_rerun():
     assert job.counts[TaskStatus.SUCCEEDED] == 2
     assert job.reducer.result() == 7
     assert "1.0.1" not in h.sent["a"]  # never re-sent: it was adopted
+
+
+def test_straggler_gets_a_speculative_copy_and_the_first_result_wins():
+    h = Harness()
+    h.node("a", 1)
+    h.node("b", 1)
+    h.step(c.JobSubmitted(1, spec("speculative = true", count=8), h.now))
+    # Finish everything quickly except one task stuck on "a".
+    stuck = None
+    while True:
+        live = [(n, aid) for n in ("a", "b") for aid in h.core.nodes[n].running]
+        if stuck is None:
+            stuck = next(aid for n, aid in live if n == "a")
+            h.step(c.TasksStarted("a", [stuck], h.now))
+        rest = [(n, aid) for n, aid in live if aid != stuck]
+        if not rest:
+            break
+        for n, aid in rest:
+            h.finish(n, [TaskResult(id=aid, outcome="ok", value=1, started=h.now, ended=h.now + 0.1)])
+    h.now += 5
+    for node in h.core.nodes.values():
+        node.last_seen = h.now  # heartbeats kept coming
+    h.step(c.Tick(h.now))
+    spare = h.sent["b"][-1]
+    assert spare.rsplit(".", 1)[0] == stuck.rsplit(".", 1)[0] and spare != stuck
+    out = h.finish("b", [ok(spare, 1)])
+    assert out.cancels["a"] == [stuck]  # the slower copy is stopped
+    job = h.core.jobs[1]
+    assert job.status.value == "succeeded" and job.reducer.result() == 8
+    h.finish("a", [ok(stuck, 1)])  # its late result is not counted again
+    assert job.reducer.result() == 8

@@ -89,9 +89,6 @@ class Recorder:
         return self.results[attempt_id]
 
 
-Factory = Callable[..., "asyncio.Future[tuple[Executor, Recorder]]"]
-
-
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     executors: list[Executor] = []
@@ -153,7 +150,7 @@ async def test_shell_argv_and_shell_string_capture_exit_and_output(make: Any) ->
         sh("str", "echo out; echo err >&2; exit 3"),
         sh("sig", "kill -9 $$"),
         TaskSpec(id="missing", kind="shell", argv=["/no/such/program"]),
-    ]) == []  # fmt: skip
+    ]) == []
     ok = await rec.result("argv")
     assert (ok.outcome, ok.exit_code, ok.stdout) == (OUTCOME_OK, 0, b"hello world\n")
     failed = await rec.result("str")
@@ -257,7 +254,7 @@ async def test_call_env_and_cwd_apply_to_that_task_only(make: Any, tmp_path: Pat
     executor.submit(OWNER, [
         call("with", "env_and_cwd", "SHOAL_Y", env={"SHOAL_Y": "1"}, cwd=str(tmp_path)),
         call("without", "env_and_cwd", "SHOAL_Y"),
-    ])  # fmt: skip
+    ])
     assert (await rec.result("with")).value == ["1", str(tmp_path)]
     assert (await rec.result("without")).value == [None, os.getcwd()]
     # The worker's bootstrap variable does not reach task code or its subprocesses.
@@ -479,7 +476,7 @@ async def test_an_agent_killed_by_sigkill_takes_its_tasks_along_and_reports_them
         sys.executable, "-c", AGENT_SCRIPT, str(state), str(tmp_path / "sleepers"),
         cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-    )  # fmt: skip
+    )
     try:
         assert agent.stdout is not None
         assert await asyncio.wait_for(agent.stdout.readline(), WAIT) == b"ready\n"
@@ -515,7 +512,7 @@ async def test_shutdown_cancels_what_outlives_the_grace_and_leaves_no_child(make
         sh("shell", "sleep 30"),
         call("py", "spawn_sleepers", str(pid_file)),
         call("queued", "add", 1, 1),
-    ])  # fmt: skip
+    ])
     grandchildren = [int(pid) for pid in (await until_file(pid_file)).split()]
     await rec.until(lambda: {"shell", "py"} <= set(rec.started))
     await executor.shutdown(grace=0.2)

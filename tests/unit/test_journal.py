@@ -30,7 +30,7 @@ def test_unacked_results_survive_a_reopen_and_acked_ones_are_forgotten(tmp_path:
     full = TaskResult(
         id="c", outcome=OUTCOME_ERROR, value=None, error="ValueError: x", traceback="tb", exit_code=3,
         signal=None, started=1.5, ended=2.5, stdout=b"out", stderr=b"err",
-    )  # fmt: skip
+    )
     for result in (ok("a", [1, {"k": b"v"}]), ok("b"), full):
         journal.record(OWNER, result)
     journal.record("other", ok("a"))

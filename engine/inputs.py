@@ -1,0 +1,153 @@
+"""What the engine core is told and what it asks for.
+
+Events in are named, frozen records of something that happened (a frame
+arrived, a node was lost, the operator drained a node); each carries ``now``.
+``Effects`` is the batch of instructions the core hands back per flush: rows
+to persist, frames to send, events to publish. Batches rather than one object
+per effect, because a flush may cover thousands of tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.model import Job, TaskStatus
+from engine.protocol import Heartbeat, Hello, Output, Progress, TaskResult, TaskSpec
+from engine.spec import JobSpec
+
+# --- events in ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobSubmitted:
+    job_id: int
+    spec: JobSpec
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUp:
+    node: str
+    hello: Hello
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLost:
+    node: str
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    node: str
+    heartbeat: Heartbeat
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TasksStarted:
+    node: str
+    ids: list[str]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TasksFinished:
+    node: str
+    results: list[TaskResult]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TasksRejected:
+    node: str
+    ids: list[str]
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReported:
+    node: str
+    progress: Progress
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReceived:
+    node: str
+    output: Output
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResubmitTasks:
+    """Put finished tasks back in the queue. ``rows`` are the stored
+    (index, status, attempts) of those tasks; the coordinator reads them."""
+
+    job_id: int
+    rows: list[tuple[int, TaskStatus, int]]
+    actor: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    job_id: int
+    actor: str
+    now: float
+    indices: list[int] | None = None  # None: the whole job
+
+
+@dataclass(frozen=True, slots=True)
+class DrainNode:
+    node: str
+    requeue: bool
+    actor: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class UndrainNode:
+    node: str
+    actor: str
+    now: float
+
+
+# --- effects out ----------------------------------------------------------------
+
+# A task row to upsert: (job, index, status, attempts, failures, node_failures,
+# node, value, error, traceback, exit_code, stdout, stderr, started, ended).
+TaskRow = tuple[Any, ...]
+
+
+@dataclass
+class Effects:
+    runs: dict[str, list[TaskSpec]] = field(default_factory=dict)
+    cancels: dict[str, list[str]] = field(default_factory=dict)
+    acks: dict[str, list[str]] = field(default_factory=dict)
+    drains: list[tuple[str, bool]] = field(default_factory=list)  # (node, drained)
+    task_rows: list[TaskRow] = field(default_factory=list)
+    finished_jobs: list[Job] = field(default_factory=list)
+    audit: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.runs
+            or self.cancels
+            or self.acks
+            or self.drains
+            or self.task_rows
+            or self.finished_jobs
+            or self.audit
+            or self.events
+        )
