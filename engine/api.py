@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -109,6 +108,14 @@ class Engine:
 
     def submit(self, spec: JobSpec, actor: str = "api") -> int:
         return self.coordinator.submit(spec, actor)
+
+    def map(self, fn: Any, items: Sequence[Any], **options: Any) -> AsyncJob:
+        """The async flavour of ``Cluster.map``."""
+        return AsyncJob(self, self.submit(spec_for(fn, items, **options)))
+
+    def call(self, fn: Any, *args: Any, **options: Any) -> AsyncJob:
+        """One task: ``fn(*args)``."""
+        return AsyncJob(self, self.submit(_single(fn, args, options)))
 
     def find_unfinished(self, spec: JobSpec) -> int | None:
         """An unfinished job with exactly this spec (to resume after a crash)."""
@@ -210,6 +217,32 @@ class Engine:
         raise KeyError(f"no node {name!r}")
 
 
+class AsyncJob:
+    """A submitted job, seen from the async API."""
+
+    def __init__(self, engine: Engine, job_id: int) -> None:
+        self.engine = engine
+        self.id = job_id
+
+    async def wait(self, timeout: float | None = None) -> str:
+        return await self.engine.wait(self.id, timeout)
+
+    async def reduce(self, timeout: float | None = None) -> Any:
+        await self.wait(timeout)
+        return self.engine.result(self.id)
+
+    async def results(self, timeout: float | None = None) -> list[Any]:
+        await self.wait(timeout)
+        return [row["value"] for row in self.engine.task_results(self.id)]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.engine.counts(self.id)
+
+    def cancel(self) -> None:
+        self.engine.cancel(self.id)
+
+
 class JobHandle:
     """A submitted job, seen from the synchronous API."""
 
@@ -285,9 +318,7 @@ class Cluster:
 
     def submit(self, fn: Any, *args: Any, **options: Any) -> JobHandle:
         """One task: ``fn(*args)``."""
-        spec = spec_for(fn, [None], **options)
-        spec = replace(spec, items=[args[0]] if len(args) == 1 else [list(args)]) if args else spec
-        return self.submit_spec(spec)
+        return self.submit_spec(_single(fn, args, options))
 
     def close(self) -> None:
         if self._engine is not None:
@@ -301,6 +332,13 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _single(fn: Any, args: tuple[Any, ...], options: dict[str, Any]) -> JobSpec:
+    """One task calling ``fn(*args)``: the first arg is the item, the rest go to ``args``."""
+    if not args:
+        return spec_for(fn, [None], **options)
+    return spec_for(fn, [args[0]], args=tuple(args[1:]), **options)
 
 
 def spec_for(fn: Any, items: Sequence[Any], **options: Any) -> JobSpec:
