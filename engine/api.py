@@ -34,9 +34,6 @@ class Engine:
         self.state_dir = state_dir
         self._lock = lock
         self._discovery: Any = None
-        self._finished: dict[int, asyncio.Event] = {}
-        self._watch = coordinator.bus.subscribe(maxsize=1_000_000)
-        self._watcher = asyncio.create_task(self._watch_jobs())
 
     @classmethod
     async def open(
@@ -91,7 +88,6 @@ class Engine:
         await self._discovery.start()
 
     async def close(self) -> None:
-        self._watcher.cancel()
         if self._discovery is not None:
             await self._discovery.stop()
         await self.coordinator.close()
@@ -127,24 +123,8 @@ class Engine:
 
     async def wait(self, job_id: int, timeout: float | None = None) -> str:
         """Wait until the job ends; return its status."""
-        job = self.coordinator.core.jobs.get(job_id)
-        if job is not None and job.status.value == "running":
-            done = self._finished.setdefault(job_id, asyncio.Event())
-            await asyncio.wait_for(done.wait(), timeout)
+        await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
         return self.job_status(job_id)
-
-    async def _watch_jobs(self) -> None:
-        async for event in self._watch:
-            if isinstance(event, ev.JobFinished):
-                done = self._finished.pop(event.job, None)
-                if done is not None:
-                    done.set()
-            elif isinstance(event, ev.Lagged):
-                for job_id, done in list(self._finished.items()):
-                    job = self.coordinator.core.jobs.get(job_id)
-                    if job is None or job.status.value != "running":
-                        done.set()
-                        self._finished.pop(job_id, None)
 
     def job_status(self, job_id: int) -> str:
         job = self.coordinator.core.jobs.get(job_id)

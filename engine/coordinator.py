@@ -49,6 +49,7 @@ from engine.trust import KnownHosts, TrustError, fingerprint
 log = logging.getLogger("shoal.engine")
 
 TICK_SECONDS = 0.1
+ACK_BATCH = 4096  # send acks at once past this many
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
 
@@ -88,6 +89,8 @@ class Coordinator:
         self.bus = ev.EventBus()
         self.peers: dict[str, Peer] = {}
         self._flush_scheduled = False
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._unacked: dict[str, list[str]] = {}  # committed results not yet acked
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._handlers: dict[type, Any] = {
@@ -117,6 +120,9 @@ class Coordinator:
         self._closing = True
         if self._ticker:
             self._ticker.cancel()
+        self._flush()
+        for node in list(self._unacked):
+            self._send(node, [Ack(self._unacked.pop(node))])
         for peer in self.peers.values():
             if peer.task:
                 peer.task.cancel()
@@ -290,16 +296,37 @@ class Coordinator:
             for j in out.finished_jobs
         ]
         self.store.write(out.task_rows, out.audit, jobs)
-        for node, specs in out.runs.items():
-            self._send(node, [Run(specs)])
-        for node, ids in out.cancels.items():
-            self._send(node, [Cancel(ids)])
-        for node, drained in out.drains:
-            self._send(node, [Drain() if drained else Undrain()])
+        # Acks ride along with the next frames to that node (one SSH packet,
+        # not two), or go on the next tick; a late ack only means the agent
+        # keeps a result in its journal a little longer.
         for node, ids in out.acks.items():
-            if ids:
-                self._send(node, [Ack(ids)])
+            self._unacked.setdefault(node, []).extend(ids)
+        sends: dict[str, list[Message]] = {}
+        for node, specs in out.runs.items():
+            sends.setdefault(node, []).append(Run(specs))
+        for node, ids in out.cancels.items():
+            sends.setdefault(node, []).append(Cancel(ids))
+        for node, drained in out.drains:
+            sends.setdefault(node, []).append(Drain() if drained else Undrain())
+        for node, ids in list(self._unacked.items()):
+            if node in sends or len(ids) >= ACK_BATCH:
+                sends.setdefault(node, []).append(Ack(self._unacked.pop(node)))
+        for node, messages in sends.items():
+            self._send(node, messages)
         self._publish(out.events)
+        for job in out.finished_jobs:
+            for waiter in self._waiters.pop(job.id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_job(self, job_id: int) -> None:
+        """Return once the job has ended (its outcome is committed by then)."""
+        job = self.core.jobs.get(job_id)
+        if job is None or job.status.value != "running":
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(waiter)
+        await waiter
 
     def _send(self, node: str, messages: list[Message]) -> None:
         peer = self.peers.get(node)
@@ -323,6 +350,8 @@ class Coordinator:
             last = mono
             self.core.handle(c.Tick(time.time()))
             self._schedule_flush()
+            for node in list(self._unacked):
+                self._send(node, [Ack(self._unacked.pop(node))])
 
     # --- snapshots for UIs ------------------------------------------------------
 

@@ -79,6 +79,7 @@ class EngineCore:
         self.config = config or CoreConfig()
         self.rng = rng or random.Random()
         self.jobs: dict[int, Job] = {}
+        self.open_jobs: dict[int, Job] = {}  # the running ones: what a flush looks at
         self.nodes: dict[str, Node] = {}
         self.attempts: dict[str, Task] = {}  # live attempt id -> task
         # After a restart: the attempt ids that were perhaps in flight when the
@@ -137,6 +138,7 @@ class EngineCore:
         job = Job(id=job_id, spec=spec, reducer=make_reducer(spec.reduce), submitted_at=submitted_at)
         job.restored = True
         self.jobs[job_id] = job
+        self.open_jobs[job_id] = job
         stored = {row[0]: row[1:] for row in rows}
         # Dispatch takes fresh indices in order, so every index below the
         # highest stored one was dispatched at some point.
@@ -162,6 +164,7 @@ class EngineCore:
                 pass  # reported when the value first arrived
         if job.done == job.total:
             job.status = job.final_status()
+            self.open_jobs.pop(job_id, None)
         self._dirty_jobs.add(job)
         return job
 
@@ -170,6 +173,7 @@ class EngineCore:
     def _on_job_submitted(self, e: JobSubmitted) -> None:
         job = Job(id=e.job_id, spec=e.spec, reducer=make_reducer(e.spec.reduce), submitted_at=e.now)
         self.jobs[job.id] = job
+        self.open_jobs[job.id] = job
         self._dirty_jobs.add(job)
         if job.total == 0:
             self._finish_job(job, e.now)
@@ -185,6 +189,7 @@ class EngineCore:
         if e.rows and job.status is not JobStatus.RUNNING:
             job.status = JobStatus.RUNNING
             job.finished_at = 0.0
+            self.open_jobs[job.id] = job
         self.out.audit.append((e.now, e.actor, "resubmit", f"job {job.id}", f"{len(e.rows)} tasks"))
 
     def _on_cancel(self, e: CancelJob) -> None:
@@ -232,6 +237,7 @@ class EngineCore:
     def _finish_job(self, job: Job, now: float) -> None:
         job.status = job.final_status()
         job.finished_at = now
+        self.open_jobs.pop(job.id, None)
         self.out.finished_jobs.append(job)
         self.out.events.append(
             ev.JobFinished(job.id, job.spec.name, job.status.value, job.counts_by_label(), job.reducer.result())
@@ -558,7 +564,7 @@ class EngineCore:
         """Straggler copies: for a job with nothing left to place, a task
         running far longer than its peers' median gets a second attempt on an
         idle node; the first to finish wins, the other is cancelled."""
-        candidates = [j for j in self.jobs.values() if j.spec.speculative and j.status is JobStatus.RUNNING and not j.ready]
+        candidates = [j for j in self.open_jobs.values() if j.spec.speculative and not j.ready]
         if not candidates:
             return
         idle = [n for n in self.nodes.values() if n.up and not n.drained and n.in_flight_slots < n.slots]
@@ -593,8 +599,8 @@ class EngineCore:
             return
         demands = [
             JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, frozenset(j.excluded_nodes))
-            for j in self.jobs.values()
-            if j.status is JobStatus.RUNNING and j.ready
+            for j in self.open_jobs.values()
+            if j.ready
         ]
         if not demands:
             return
@@ -650,3 +656,5 @@ class EngineCore:
             assert queued == job.ready, f"job {job.id}: {queued} queued but {job.ready} ready"
         for task in self.backoff:
             assert task.status is TaskStatus.PENDING
+        running = {j.id for j in self.jobs.values() if j.status is JobStatus.RUNNING}
+        assert set(self.open_jobs) == running, "open_jobs out of step with job states"

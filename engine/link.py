@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncssh
 
+from engine import protocol
 from engine.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ERR_PROTOCOL,
@@ -30,12 +31,11 @@ from engine.protocol import (
     encode_many,
 )
 
-# Same lists as nodeagent/server.py (a test keeps them equal); see PROTOCOL.md.
-KEX_ALGS = ["mlkem768x25519-sha256"]
-COMPAT_KEX_ALGS = ["curve25519-sha256"]
-HOST_KEY_ALGS = ["ssh-ed25519"]
-CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
-MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+KEX_ALGS = protocol.SSH_KEX_ALGS
+COMPAT_KEX_ALGS = protocol.SSH_COMPAT_KEX_ALGS
+HOST_KEY_ALGS = protocol.SSH_HOST_KEY_ALGS
+CIPHERS = protocol.SSH_CIPHERS
+MACS = protocol.SSH_MACS
 
 SSH_USERNAME = "shoal"  # the agent authorizes keys, not user names
 MAX_PACKET_SIZE = 256 * 1024

@@ -22,6 +22,16 @@ PROTOCOL_VERSION = 1
 SUBSYSTEM = "shoal"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+# SSH algorithms, offered by both sides (see PROTOCOL.md). Post-quantum hybrid
+# key exchange only; plain X25519 only when asked for, for older peers.
+# Nothing with SHA-1, NIST curves, CBC or finite-field DH. AES-GCM first: with
+# AES-NI it costs less per packet than chacha20-poly1305 in asyncssh.
+SSH_KEX_ALGS = ["mlkem768x25519-sha256"]
+SSH_COMPAT_KEX_ALGS = ["curve25519-sha256"]
+SSH_HOST_KEY_ALGS = ["ssh-ed25519"]
+SSH_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+SSH_MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+
 # Zeroconf advertisement. TXT keys: v (protocol version), id (agent id),
 # host (hostname), slots, labels ("k=v,k=v"), fp (host key SHA256
 # fingerprint, a hint only: trust comes from the pinned key, never from mDNS).

@@ -27,6 +27,7 @@ from typing import NoReturn
 import asyncssh
 import platformdirs
 
+from engine import protocol
 from engine.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
 from nodeagent.advertise import Advertisement, Advertiser, addresses_to_advertise
 from nodeagent.executor import Executor, ExecutorListener
@@ -38,12 +39,11 @@ log = logging.getLogger("shoal.agent")
 # --- algorithms ------------------------------------------------------------------
 # Post-quantum hybrid key exchange only; plain X25519 only when asked for, for
 # older clients. Nothing with SHA-1, NIST curves, CBC or finite-field DH.
-# engine/link.py offers the same lists (a test keeps them equal).
-KEX_ALGS = ["mlkem768x25519-sha256"]
-COMPAT_KEX_ALGS = ["curve25519-sha256"]
-HOST_KEY_ALGS = ["ssh-ed25519"]
-CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
-MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+KEX_ALGS = protocol.SSH_KEX_ALGS
+COMPAT_KEX_ALGS = protocol.SSH_COMPAT_KEX_ALGS
+HOST_KEY_ALGS = protocol.SSH_HOST_KEY_ALGS
+CIPHERS = protocol.SSH_CIPHERS
+MACS = protocol.SSH_MACS
 
 DEFAULT_PORT = 7447
 LOGIN_TIMEOUT = 10.0
