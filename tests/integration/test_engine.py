@@ -256,3 +256,22 @@ async def test_node_that_comes_back_is_reconnected_and_used_again(cluster):
         assert agent.address in {r["node"] for r in engine.task_results(job_id)}
     finally:
         await engine.close()
+
+
+def test_failed_tasks_exit_1_and_results_export_as_csv_and_json(cluster, tmp_path):
+    jobfile = tmp_path / "half.toml"
+    jobfile.write_text('name = "half"\nshell = "test $(( {item} % 2 )) -eq 0 && echo {item}"\nitems = [1, 2, 3, 4]\nretries = 0\nreduce = "sum"\n')
+    common = ["--state-dir", str(cluster.state_dir)]
+    run = shoal("run", str(jobfile), "--trust-new", "--config-dir", str(cluster.config_dir), *common,
+                *[arg for a in cluster.addresses for arg in ("--node", a)])
+    assert run.returncode == 1, run.stderr
+    assert run.stdout.strip() == "6"
+    assert "task 0 failed" in run.stderr
+    as_csv = shoal("results", "1", "--csv", *common)
+    lines = as_csv.stdout.strip().splitlines()
+    assert lines[0].startswith("index,status") and len(lines) == 5
+    assert "failed" in lines[1] and "succeeded" in lines[2]
+    as_json = json.loads(shoal("results", "1", "--json", *common).stdout)
+    assert as_json["result"] == 6 and [t["status"] for t in as_json["tasks"]] == ["failed", "succeeded"] * 2
+    listing = json.loads(shoal("jobs", "--json", *common).stdout)
+    assert listing[0]["status"] == "failed"

@@ -155,3 +155,22 @@ async def test_async_api_map_and_call(one_agent):
         assert one.counts["succeeded"] == 1
     finally:
         await engine.close()
+
+
+async def test_progress_and_output_reach_the_event_stream(one_agent):
+    engine = await open_engine(one_agent)
+    events = engine.events()
+    try:
+        job_id = engine.submit(
+            job('name = "p"\nshell = "echo ::shoal-progress 0.5 halfway; echo hello >&2; sleep 0.3; echo 7"\ncount = 1\nreduce = "sum"\n')
+        )
+        assert await engine.wait(job_id, timeout=30) == "succeeded"
+        seen = events.get_nowait_all()
+        progress = [e for e in seen if isinstance(e, ev.TaskProgress) and e.job == job_id]
+        output = b"".join(e.data for e in seen if isinstance(e, ev.TaskOutput) and e.job == job_id)
+        assert progress and progress[0].fraction == 0.5 and progress[0].message == "halfway"
+        assert b"hello" in output and b"::shoal-progress" not in output
+        assert any(isinstance(e, ev.JobFinished) and e.job == job_id for e in seen)
+    finally:
+        events.close()
+        await engine.close()
