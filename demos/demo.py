@@ -26,7 +26,7 @@ JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 DEMO_JOBS = ["squares.toml", "wordcount.toml", "collatz.toml", "flaky.toml"]
 
 
-async def _chaos(cluster: LocalCluster, stop: asyncio.Event) -> None:
+async def _chaos(cluster: LocalCluster, stop: asyncio.Event, kills: list[str]) -> None:
     """Kill a random agent now and then, and bring it back on its port."""
     rng = random.Random()
     while not stop.is_set():
@@ -38,6 +38,7 @@ async def _chaos(cluster: LocalCluster, stop: asyncio.Event) -> None:
         victim = rng.choice(cluster.agents)
         print(f"chaos: kill -9 {victim.name} ({victim.address})", file=sys.stderr)
         victim.kill(signal.SIGKILL)
+        kills.append(victim.name)
         await asyncio.sleep(1.5)
         await asyncio.to_thread(victim.start, cluster.authorized_keys, victim.port)
         print(f"chaos: {victim.name} is back", file=sys.stderr)
@@ -52,8 +53,10 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
             print(f"demo: agents at {', '.join(cluster.addresses)}; discovering them over mDNS on 127.0.0.1", file=sys.stderr)
             engine = await Engine.open(root / "console-state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
             stop = asyncio.Event()
-            chaos_task = asyncio.create_task(_chaos(cluster, stop)) if chaos else None
+            kills: list[str] = []
+            chaos_task = asyncio.create_task(_chaos(cluster, stop, kills)) if chaos else None
             worst = 0
+            ran: list[int] = []
             try:
                 try:
                     await engine.wait_for_nodes(nodes, timeout=30)
@@ -65,6 +68,14 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
                     spec = load_job_file(JOBS_DIR / name)
                     print(f"\ndemo: job {name}: {spec.task_count()} tasks", file=sys.stderr)
                     worst = max(worst, await run_job(engine, spec, as_json=False, summary=True))
+                    ran.append(spec.task_count())
+                rows = sum(1 for job in engine.jobs() for _ in engine.task_results(job["id"]))
+                verdict = "each task exactly once" if rows == sum(ran) else "MISMATCH"
+                print(
+                    f"\ndemo: {len(ran)} jobs, {sum(ran)} tasks, {rows} results stored: {verdict}"
+                    + (f", through {len(kills)} agent kills (kill -9)" if chaos else ""),
+                    file=sys.stderr,
+                )
             finally:
                 stop.set()
                 if chaos_task:
