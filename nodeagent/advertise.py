@@ -14,7 +14,6 @@ import socket
 from dataclasses import dataclass
 
 import psutil
-
 from zeroconf import InterfaceChoice, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 

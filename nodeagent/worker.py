@@ -1,23 +1,10 @@
-"""Pre-started Python worker processes: the child's run loop and the agent's handle.
+"""A pre-started Python worker process: the child's side of ``nodeagent.workerwire``.
 
 One worker per slot is started ahead of time, so a call task costs no
-interpreter start. The agent pipes BATCHES of tasks to a worker; the worker
-runs them in order and writes the results back batched: when its input batch
-is done, or every few milliseconds while a long task runs.
-
-Wire: msgpack over two os pipes, each message one msgpack array.
-
-    agent -> worker   (CMD_RUN, [(seq, kind, target, args, kwargs, env, cwd), ...])
-                      (CMD_CANCEL, seq)   (CMD_STOP,)
-    worker -> agent   (EV_READY, pid)  (EV_OK, seq, value, started, ended)
-                      (EV_ERROR, seq, error, traceback, started, ended)
-                      (EV_SKIPPED, seq)  (EV_STARTED, seq, started)
-                      (EV_PROGRESS, seq, fraction, message)  (EV_OUTPUT, seq, stream, data)
-
-Results come back in the order the tasks were sent. A 16-byte shared memory
-cell holds the seq of the task running now and its start time: the agent
-reads it to enforce timeouts even while a task holds the GIL in C code, and to
-blame the right task when a worker dies (a crash loses unflushed results).
+interpreter start. The agent (``nodeagent.workerproc``) pipes BATCHES of
+tasks to a worker; the worker runs them in order and writes the results back
+batched: when its input batch is done, or every few milliseconds while a long
+task runs.
 
 This module is imported by every worker process, so it stays light: no
 asyncio, no engine imports.
@@ -25,50 +12,40 @@ asyncio, no engine imports.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import io
-import logging
 import mmap
 import os
 import pickle
 import select
 import signal
-import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
-if TYPE_CHECKING:
-    import asyncio
-
-log = logging.getLogger("shoal.agent.worker")
-
-# Commands, agent to worker.
-CMD_RUN = 1
-CMD_CANCEL = 2
-CMD_STOP = 3
-
-# Events, worker to agent.
-EV_READY = 0
-EV_OK = 1
-EV_ERROR = 2
-EV_SKIPPED = 3  # cancelled or stopped before it started: it never ran (or is a late answer)
-EV_STARTED = 4
-EV_PROGRESS = 5
-EV_OUTPUT = 6
-
-# Kinds of a batch entry.
-CALL = 0  # target is "package.module:function"
-PICKLE = 1  # target is a cloudpickled callable
+from nodeagent.procs import set_parent_death_signal
+from nodeagent.workerwire import (
+    CALL,
+    CMD_CANCEL,
+    CMD_RUN,
+    CMD_STOP,
+    EV_ERROR,
+    EV_OK,
+    EV_OUTPUT,
+    EV_PROGRESS,
+    EV_READY,
+    EV_SKIPPED,
+    EV_STARTED,
+    MAX_EVENT_BYTES,
+    READ_BYTES,
+    SHM_BYTES,
+)
 
 # How often the worker's io thread flushes results, output and progress while
 # a task runs, and how long a task must run before the worker says it started
@@ -78,365 +55,7 @@ STARTED_AFTER_SECONDS = 0.002
 # Flush pending results early when they grow past this, so a batch of large
 # values does not pile up in memory.
 FLUSH_BYTES = 1 << 20
-# A single result larger than this becomes an error: it could never be sent
-# to the console in one frame anyway.
-MAX_EVENT_BYTES = 16 * 1024 * 1024
-READ_BYTES = 1 << 20
 FUNCTION_CACHE_SIZE = 1024
-
-_SHM_LAYOUT = struct.Struct("=qd")  # seq of the running task, its start time
-_SHM_BYTES = _SHM_LAYOUT.size
-_PR_SET_PDEATHSIG = 1
-
-
-# --- process plumbing, shared with shell tasks ----------------------------------
-
-
-def set_parent_death_signal(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (even by SIGKILL).
-
-    Exits at once if the parent is already gone (it died before the prctl).
-    A no-op where prctl does not exist; the worker's EOF check still applies.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL a whole process group; a group already gone is fine."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def watch_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:
-    """Call ``callback`` once when ``pid`` exits, WITHOUT reaping it.
-
-    The zombie keeps its pid (and so its process group id) reserved, so the
-    callback may kill the group's leftovers before reaping: no risk of
-    signalling a recycled pid.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        _poll_exit(loop, pid, callback)
-        return
-
-    def on_readable() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        callback()
-
-    loop.add_reader(pidfd, on_readable)
-
-
-def _poll_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:
-    # Fallback without pidfd (not Linux): poll with WNOWAIT, which leaves the
-    # child unreaped like the pidfd path does.
-    def check() -> None:
-        try:
-            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            exited = True
-        if exited:
-            callback()
-        else:
-            loop.call_later(0.02, check)
-
-    loop.call_later(0.02, check)
-
-
-# A helper imports what the agent can import (its packages, the repo root
-# under test): the agent's sys.path travels in this variable, which the
-# helper removes again so that a task's own subprocesses do not inherit it
-# (PYTHONPATH would leak this interpreter's site-packages into them).
-_PATH_VARIABLE = "SHOAL_WORKER_SYS_PATH"
-
-
-def _helper_command(entry: str, *args: str) -> list[str]:
-    """argv that runs ``nodeagent.worker.<entry>()`` in a fresh interpreter.
-
-    ``-c`` rather than ``-m``: under ``-m`` this module would load twice
-    (as __main__ and as nodeagent.worker) and ``progress()`` would see the
-    wrong copy.
-    """
-    bootstrap = (
-        "import os, sys; "
-        f"sys.path[1:1] = os.environ.pop({_PATH_VARIABLE!r}).split(os.pathsep); "
-        f"from nodeagent.worker import {entry}; {entry}()"
-    )
-    return [sys.executable, "-c", bootstrap, *args]
-
-
-def _helper_env() -> dict[str, str]:
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(dict.fromkeys([package_root] + [p for p in sys.path if p]))
-    return dict(os.environ, **{_PATH_VARIABLE: path})
-
-
-class GroupReaper:
-    """A helper process that SIGKILLs the agent's task process groups if the agent dies.
-
-    PR_SET_PDEATHSIG reaches a direct child only, and costs a slow fork per
-    spawn; a task's own children would outlive a SIGKILLed agent. The reaper
-    reads group ids from a pipe ("+pgid" / "-pgid" lines); the pipe's EOF
-    (the agent's death, or its orderly close) makes it kill every group still
-    registered. Best effort: if it cannot start, the agent runs without it.
-    """
-
-    def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._fd = -1
-
-    def start(self) -> None:
-        read_end, self._fd = os.pipe()
-        try:
-            self._proc = subprocess.Popen(
-                _helper_command("reaper_main"),
-                stdin=read_end,
-                start_new_session=True,  # not hit by the terminal's Ctrl-C meant for the agent
-                env=_helper_env(),
-            )
-        except OSError as exc:
-            log.warning("cannot start the process group reaper: %s", exc)
-            os.close(self._fd)
-            self._fd = -1
-        finally:
-            os.close(read_end)
-        if self._fd >= 0:
-            os.set_blocking(self._fd, False)
-
-    def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
-
-    def unregister(self, pgid: int) -> None:
-        self._send(b"-%d\n" % pgid)
-
-    def _send(self, line: bytes) -> None:
-        if self._fd < 0:
-            return
-        try:
-            os.write(self._fd, line)
-        except (BlockingIOError, BrokenPipeError) as exc:
-            # A line is a few bytes: the pipe is only full if the reaper hangs.
-            log.warning("process group reaper not reachable (%s): continuing without it", exc)
-            os.close(self._fd)
-            self._fd = -1
-
-    def close(self, timeout: float) -> None:
-        """Close the pipe and reap the reaper (it exits at once on the EOF)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-
-def reaper_main() -> None:
-    """Entry point of the reaper process (started by ``GroupReaper.start``)."""
-    groups: set[int] = set()
-    for line in sys.stdin.buffer:
-        pgid = int(line[1:])
-        if line[:1] == b"+":
-            groups.add(pgid)
-        else:
-            groups.discard(pgid)
-    for pgid in groups:
-        kill_group(pgid)
-
-
-# --- the agent's handle on one worker ---------------------------------------------
-
-
-class WorkerProcess:
-    """The agent's end of one worker: spawn, send commands, read events, kill.
-
-    Events are handed to ``on_events`` as they arrive; ``on_exit`` is called
-    once, after the dead worker's last events were read, with its return code.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_events: Callable[[WorkerProcess, list[Any]], None],
-        on_exit: Callable[[WorkerProcess, int], None],
-    ) -> None:
-        self._loop = loop
-        self._on_events = on_events
-        self._on_exit = on_exit
-        self._unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=2 * MAX_EVENT_BYTES + READ_BYTES)
-        self._pack = msgpack.Packer(use_bin_type=True).pack
-        self._out: list[bytes] = []  # command bytes the pipe would not take yet
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._cmd_fd = -1
-        self._res_fd = -1
-        self._shm: mmap.mmap | None = None
-        self.ready = False
-        self.killed_by_agent = False
-        self.returncode: int | None = None
-        self.exited: asyncio.Future[int] = loop.create_future()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc is not None else 0
-
-    def spawn(self) -> None:
-        cmd_r, cmd_w = os.pipe()
-        res_r, res_w = os.pipe()
-        with tempfile.TemporaryFile() as shm_file:
-            shm_file.truncate(_SHM_BYTES)
-            shm_fd = shm_file.fileno()
-            self._shm = mmap.mmap(shm_fd, _SHM_BYTES)
-            try:
-                self._proc = subprocess.Popen(
-                    _helper_command("main", str(cmd_r), str(res_w), str(shm_fd), str(os.getpid())),
-                    stdin=subprocess.DEVNULL,
-                    pass_fds=(cmd_r, res_w, shm_fd),
-                    start_new_session=True,  # its own process group: a kill takes the task's children too
-                    env=_helper_env(),
-                )
-            finally:
-                os.close(cmd_r)
-                os.close(res_w)
-        self._cmd_fd, self._res_fd = cmd_w, res_r
-        os.set_blocking(cmd_w, False)
-        os.set_blocking(res_r, False)
-        self._loop.add_reader(res_r, self._readable)
-        watch_exit(self._loop, self._proc.pid, self._exited)
-
-    # --- commands -------------------------------------------------------------
-
-    def run(self, entries: list[tuple[Any, ...]]) -> None:
-        self._send(self._pack((CMD_RUN, entries)))
-
-    def cancel(self, seq: int) -> None:
-        self._send(self._pack((CMD_CANCEL, seq)))
-
-    def stop(self) -> None:
-        """Skip every task not started yet; the running one finishes."""
-        self._send(self._pack((CMD_STOP,)))
-
-    def close(self) -> None:
-        """Close the command pipe: an idle worker exits on the EOF."""
-        if self._cmd_fd >= 0:
-            if self._out:
-                self._loop.remove_writer(self._cmd_fd)
-                self._out.clear()
-            os.close(self._cmd_fd)
-            self._cmd_fd = -1
-
-    def kill(self) -> None:
-        if self._proc is not None and self.returncode is None:
-            self.killed_by_agent = True
-            kill_group(self._proc.pid)
-
-    def current(self) -> tuple[int, float]:
-        """(seq, start time) of the task running now; seq 0 when none."""
-        if self._shm is None:
-            return 0, 0.0
-        # The worker writes the start time before the seq, so a torn read
-        # pairs a seq with a LATER start: a timeout is never enforced early.
-        while True:
-            seq, started = _SHM_LAYOUT.unpack_from(self._shm)
-            if _SHM_LAYOUT.unpack_from(self._shm)[0] == seq:
-                return seq, started
-
-    def read_now(self) -> None:
-        """Read and hand on every event already in the pipe (e.g. before a kill)."""
-        if self._res_fd >= 0:
-            self._readable()
-
-    def _send(self, data: bytes) -> None:
-        if self._cmd_fd < 0:
-            return
-        if self._out:
-            self._out.append(data)
-            return
-        try:
-            written = os.write(self._cmd_fd, data)
-        except BlockingIOError:
-            written = 0
-        except BrokenPipeError:
-            return  # the worker is dying; its exit is handled by the watch
-        if written < len(data):
-            self._out.append(data[written:])
-            self._loop.add_writer(self._cmd_fd, self._writable)
-
-    def _writable(self) -> None:
-        data = b"".join(self._out)
-        self._out.clear()
-        try:
-            written = os.write(self._cmd_fd, data)
-        except BlockingIOError:
-            written = 0
-        except BrokenPipeError:
-            self._loop.remove_writer(self._cmd_fd)
-            return
-        if written < len(data):
-            self._out.append(data[written:])
-        else:
-            self._loop.remove_writer(self._cmd_fd)
-
-    # --- events -----------------------------------------------------------------
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                data = os.read(self._res_fd, READ_BYTES)
-            except BlockingIOError:
-                return
-            if not data:
-                # EOF: the worker is gone or going; its exit watch finishes up.
-                self._loop.remove_reader(self._res_fd)
-                os.close(self._res_fd)
-                self._res_fd = -1
-                return
-            self._unpacker.feed(data)
-            events = list(self._unpacker)
-            if events:
-                self._on_events(self, events)
-            if len(data) < READ_BYTES:
-                return
-
-    def _exited(self) -> None:
-        assert self._proc is not None
-        self.read_now()  # what the worker wrote before it died is still in the pipe
-        # Kill leftovers of its tasks while the zombie still reserves the pgid.
-        kill_group(self._proc.pid)
-        returncode = self._proc.wait()
-        self.returncode = returncode
-        if self._res_fd >= 0:
-            self._loop.remove_reader(self._res_fd)
-            os.close(self._res_fd)
-            self._res_fd = -1
-        self.close()
-        self._on_exit(self, returncode)  # may still read current() to name the task it died in
-        if self._shm is not None:
-            self._shm.close()
-            self._shm = None
-        if not self.exited.done():
-            self.exited.set_result(returncode)
-
-
-# --- the worker process ------------------------------------------------------------
 
 
 class _Capture(io.TextIOBase):
@@ -508,7 +127,7 @@ class _WorkerLoop:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         view = memoryview(shm)
         self._seq_cell = view[0:8].cast("q")
-        self._start_cell = view[8:16].cast("d")  # matches _SHM_LAYOUT
+        self._start_cell = view[8:16].cast("d")  # matches SHM_LAYOUT
         self.stdout = _Capture(self, "stdout")
         self.stderr = _Capture(self, "stderr")
 
@@ -758,7 +377,7 @@ def main() -> None:
     for fd in (cmd_fd, res_fd, shm_fd):
         # Task subprocesses must not hold the agent's pipes open.
         os.set_inheritable(fd, False)
-    shm = mmap.mmap(shm_fd, _SHM_BYTES)
+    shm = mmap.mmap(shm_fd, SHM_BYTES)
     os.close(shm_fd)
     worker = _WorkerLoop(cmd_fd, res_fd, shm)
     _active = worker

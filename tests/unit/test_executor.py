@@ -31,9 +31,9 @@ from nodeagent.executor import (
     REASON_PICKLE_DISABLED,
     REASON_QUEUE_FULL,
     Executor,
-    _ProgressFilter,
 )
 from nodeagent.journal import LOST_ERROR
+from nodeagent.shelltask import ProgressFilter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWNER = "console-1"
@@ -206,13 +206,13 @@ async def test_shell_progress_lines_are_reported_and_removed_from_stdout(make: A
 
 
 def test_progress_filter_keeps_stream_order_across_chunk_boundaries() -> None:
-    progress_filter = _ProgressFilter()
+    progress_filter = ProgressFilter()
     pieces = []
     for chunk in [b"a\n::sho", b"al-progress 0.5 half", b"\nb\n", b"x::shoal-progress 1\n", b"::"]:
         pieces.extend(progress_filter.feed(chunk))
     assert pieces == [b"a\n", (0.5, "half"), b"b\n", b"x::shoal-progress 1\n"]
     assert progress_filter.finish() == b"::"
-    assert _ProgressFilter().feed(b"::shoal-progress soon\n") == [(None, "soon")]
+    assert ProgressFilter().feed(b"::shoal-progress soon\n") == [(None, "soon")]
 
 
 async def test_output_tail_is_bounded_while_all_output_streams(make: Any) -> None:

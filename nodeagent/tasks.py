@@ -1,0 +1,83 @@
+"""One accepted task as the executor tracks it, whichever way it runs."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from engine.protocol import OUTCOME_TIMEOUT, TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    from nodeagent.workerpool import Slot
+
+ERROR_SHUTDOWN = "agent shutting down"
+
+
+class Stage(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"  # in a worker's batch or a subprocess, not yet reported started
+    STARTED = "started"  # the listener has heard task_started
+    DONE = "done"
+
+
+class Task:
+    # One per accepted task, so kept small: what only some tasks need
+    # (output, exclusive slots, a kill decision) stays None until needed.
+    __slots__ = ("owner", "id", "spec", "stage", "seq", "kill", "reserved", "output")
+
+    def __init__(self, owner: str, spec: TaskSpec) -> None:
+        self.owner = owner
+        self.id = spec.id
+        self.spec = spec
+        self.stage = Stage.QUEUED
+        self.seq = 0  # worker batch sequence number while in a worker
+        self.kill: tuple[str, str] | None = None  # (outcome, error) once the agent decided to kill it
+        self.reserved: list[Slot] | None = None  # slots held exclusively (shell or multi-slot task)
+        self.output: Output | None = None
+
+    def release(self) -> None:
+        """Give back the slots this task held exclusively."""
+        if self.reserved is not None:
+            for slot in self.reserved:
+                slot.holder = None
+            self.reserved = None
+
+    def tails(self) -> tuple[bytes, bytes]:
+        """The kept ends of (stdout, stderr)."""
+        if self.output is None:
+            return b"", b""
+        return self.output.tail("stdout"), self.output.tail("stderr")
+
+
+class Output:
+    """The last ``limit`` bytes of a task's stdout and stderr."""
+
+    __slots__ = ("limit", "streams")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.streams = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def add(self, stream: str, chunk: bytes) -> None:
+        data = self.streams[stream]
+        data += chunk
+        # Trim in amortised steps rather than on every chunk.
+        if len(data) > 2 * self.limit:
+            del data[: len(data) - self.limit]
+
+    def tail(self, stream: str) -> bytes:
+        return bytes(self.streams[stream][-self.limit :]) if self.limit else b""
+
+
+Done = list[tuple[Task, TaskResult]]  # finished tasks and their results, to journal and report
+
+
+def timeout_kill(seconds: float) -> tuple[str, str]:
+    """``Task.kill`` for a task past its timeout."""
+    return OUTCOME_TIMEOUT, f"timed out after {seconds:g} s"
+
+
+def plain_result(task: Task, outcome: str, *, error: str = "", started: float = 0.0) -> TaskResult:
+    """A result with no value and no output, ended now."""
+    return TaskResult(id=task.id, outcome=outcome, error=error, started=started, ended=time.time())

@@ -1,0 +1,47 @@
+"""The wire between the agent and its Python workers: both ends import this.
+
+msgpack over two os pipes, each message one msgpack array.
+
+    agent -> worker   (CMD_RUN, [(seq, kind, target, args, kwargs, env, cwd), ...])
+                      (CMD_CANCEL, seq)   (CMD_STOP,)
+    worker -> agent   (EV_READY, pid)  (EV_OK, seq, value, started, ended)
+                      (EV_ERROR, seq, error, traceback, started, ended)
+                      (EV_SKIPPED, seq)  (EV_STARTED, seq, started)
+                      (EV_PROGRESS, seq, fraction, message)  (EV_OUTPUT, seq, stream, data)
+
+Results come back in the order the tasks were sent. A 16-byte shared memory
+cell (``SHM_LAYOUT``) holds the seq of the task running now and its start
+time: the agent reads it to enforce timeouts even while a task holds the GIL
+in C code, and to blame the right task when a worker dies (a crash loses
+unflushed results).
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Commands, agent to worker.
+CMD_RUN = 1
+CMD_CANCEL = 2
+CMD_STOP = 3
+
+# Events, worker to agent.
+EV_READY = 0
+EV_OK = 1
+EV_ERROR = 2
+EV_SKIPPED = 3  # cancelled or stopped before it started: it never ran (or is a late answer)
+EV_STARTED = 4
+EV_PROGRESS = 5
+EV_OUTPUT = 6
+
+# Kinds of a batch entry.
+CALL = 0  # target is "package.module:function"
+PICKLE = 1  # target is a cloudpickled callable
+
+SHM_LAYOUT = struct.Struct("=qd")  # seq of the running task, its start time
+SHM_BYTES = SHM_LAYOUT.size
+
+# A single result larger than this becomes an error: it could never be sent
+# to the console in one frame anyway.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+READ_BYTES = 1 << 20
