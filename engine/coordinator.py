@@ -313,6 +313,10 @@ class Coordinator:
                 sends.setdefault(node, []).append(Ack(self._unacked.pop(node)))
         for node, messages in sends.items():
             self._send(node, messages)
+        for node in out.disconnects:
+            peer = self.peers.get(node)
+            if peer is not None and peer.link is not None:
+                peer.link.close()
         self._publish(out.events)
         for job in out.finished_jobs:
             for waiter in self._waiters.pop(job.id, ()):

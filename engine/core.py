@@ -551,6 +551,10 @@ class EngineCore:
         for node in self.nodes.values():
             if node.up and now - node.last_seen > self.config.heartbeat_timeout:
                 self.handle(NodeLost(node.id, f"no heartbeat for {now - node.last_seen:.1f}s", now))
+                # The connection may still be open (a stopped or wedged
+                # agent): drop it, so a recovered agent comes back through a
+                # fresh handshake that reconciles what it holds.
+                self.out.disconnects.append(node.id)
         self._speculate(now)
 
     def update_rates(self, dt: float) -> None:

@@ -135,6 +135,7 @@ class Effects:
     cancels: dict[str, list[str]] = field(default_factory=dict)
     acks: dict[str, list[str]] = field(default_factory=dict)
     drains: list[tuple[str, bool]] = field(default_factory=list)  # (node, drained)
+    disconnects: list[str] = field(default_factory=list)  # nodes declared lost while still connected
     task_rows: list[TaskRow] = field(default_factory=list)
     finished_jobs: list[Job] = field(default_factory=list)
     audit: list[tuple[float, str, str, str, str]] = field(default_factory=list)
@@ -146,6 +147,7 @@ class Effects:
             or self.cancels
             or self.acks
             or self.drains
+            or self.disconnects
             or self.task_rows
             or self.finished_jobs
             or self.audit

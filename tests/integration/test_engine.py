@@ -275,3 +275,28 @@ def test_failed_tasks_exit_1_and_results_export_as_csv_and_json(cluster, tmp_pat
     assert as_json["result"] == 6 and [t["status"] for t in as_json["tasks"]] == ["failed", "succeeded"] * 2
     listing = json.loads(shoal("jobs", "--json", *common).stdout)
     assert listing[0]["status"] == "failed"
+
+
+async def test_stopped_agent_is_lost_by_missed_heartbeats_then_rejoins(cluster):
+    engine = await open_engine(cluster)
+    stopped = cluster.agents[0]
+    try:
+        job_id = engine.submit(job('name = "stop"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
+        deadline = time.monotonic() + 30
+        while engine.counts(job_id)["succeeded"] < 4:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        stopped.proc.send_signal(signal.SIGSTOP)
+        lost_by = time.monotonic() + 10
+        while next(n for n in engine.nodes() if n["node"] == stopped.address)["state"] == "up":
+            assert time.monotonic() < lost_by, "missed heartbeats were not noticed"
+            await asyncio.sleep(0.05)
+        stopped.proc.send_signal(signal.SIGCONT)
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert engine.result(job_id) == sum(range(40))
+        assert [idx for idx, _ in succeeded_rows(cluster.state_dir, job_id)] == list(range(40))
+        await engine.wait_for_nodes(2, timeout=40)  # it rejoins through a fresh handshake
+    finally:
+        if stopped.proc and stopped.proc.poll() is None:
+            stopped.proc.send_signal(signal.SIGCONT)
+        await engine.close()
