@@ -114,7 +114,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
         f" {counts.get('failed', 0)} failed, {counts.get('cancelled', 0)} cancelled (job {job_id})"
     )
     if as_json:
-        summary = {
+        report = {
             "job": job_id,
             "name": spec.name,
             "status": status,
@@ -122,7 +122,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
             "result": result,
             "elapsed": round(elapsed, 3),
         }
-        print(json.dumps(summary, default=_jsonable))
+        print(json.dumps(report, default=_jsonable))
     else:
         print(format_result(summarise(result) if summary else result))
     return 0 if status == "succeeded" else 1

@@ -209,6 +209,7 @@ class Coordinator:
         await peer.wake.wait()
 
     async def _serve(self, peer: Peer, link: AgentLink) -> None:
+        assert link.hello is not None  # open_link returns only after the agent's hello
         peer.link = link
         peer.state, peer.detail = "up", ""
         self.core.handle(c.NodeUp(peer.address, link.hello, time.time()))
