@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from engine import core as c
 from engine import events as ev
+from engine import inputs
 from engine.coordinator import Coordinator, engine_lock
 from engine.paths import config_dir as default_config_dir
 from engine.paths import state_dir as default_state_dir
@@ -166,13 +167,13 @@ class Engine:
         return self.coordinator.resubmit(job_id, failed_only, actor)
 
     def cancel(self, job_id: int, indices: list[int] | None = None, actor: str = "operator") -> None:
-        self.coordinator.operate(c.CancelJob(job_id, actor, time.time(), indices))
+        self.coordinator.operate(inputs.CancelJob(job_id, actor, time.time(), indices))
 
     def drain(self, node: str, requeue: bool = False, actor: str = "operator") -> None:
-        self.coordinator.operate(c.DrainNode(self._node(node), requeue, actor, time.time()))
+        self.coordinator.operate(inputs.DrainNode(self._node(node), requeue, actor, time.time()))
 
     def undrain(self, node: str, actor: str = "operator") -> None:
-        self.coordinator.operate(c.UndrainNode(self._node(node), actor, time.time()))
+        self.coordinator.operate(inputs.UndrainNode(self._node(node), actor, time.time()))
 
     def trust(self, node: str, replace: bool = False) -> str:
         return self.coordinator.trust(self._node(node), replace)
@@ -231,7 +232,7 @@ class JobHandle:
         self.id = job_id
 
     def wait(self, timeout: float | None = None) -> str:
-        return self.cluster._call(self.cluster._engine.wait(self.id, timeout))  # type: ignore[union-attr]
+        return str(self.cluster._call(self.cluster.engine.wait(self.id, timeout)))
 
     def reduce(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -243,7 +244,7 @@ class JobHandle:
 
     @property
     def counts(self) -> dict[str, int]:
-        return self.cluster._sync(lambda e: e.counts(self.id))
+        return dict(self.cluster._sync(lambda e: e.counts(self.id)))
 
     def cancel(self) -> None:
         self.cluster._sync(lambda e: e.cancel(self.id))

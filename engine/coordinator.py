@@ -25,6 +25,7 @@ import asyncssh
 
 from engine import core as c
 from engine import events as ev
+from engine import inputs
 from engine.link import AgentLink, HostKeyMismatch, LinkError, UnknownHostKey, open_link
 from engine.model import TaskStatus
 from engine.protocol import (
@@ -95,11 +96,11 @@ class Coordinator:
         self._closing = False
         self._handlers: dict[type, Any] = {
             Finished: self._on_finished,
-            Started: lambda node, m, now: c.TasksStarted(node, m.ids, now),
-            Heartbeat: lambda node, m, now: c.HeartbeatReceived(node, m, now),
-            Rejected: lambda node, m, now: c.TasksRejected(node, m.ids, m.reason, now),
-            Progress: lambda node, m, now: c.ProgressReported(node, m, now),
-            Output: lambda node, m, now: c.OutputReceived(node, m, now),
+            Started: lambda node, m, now: inputs.TasksStarted(node, m.ids, now),
+            Heartbeat: lambda node, m, now: inputs.HeartbeatReceived(node, m, now),
+            Rejected: lambda node, m, now: inputs.TasksRejected(node, m.ids, m.reason, now),
+            Progress: lambda node, m, now: inputs.ProgressReported(node, m, now),
+            Output: lambda node, m, now: inputs.OutputReceived(node, m, now),
             Error: self._on_error,
         }
 
@@ -212,7 +213,7 @@ class Coordinator:
         assert link.hello is not None  # open_link returns only after the agent's hello
         peer.link = link
         peer.state, peer.detail = "up", ""
-        self.core.handle(c.NodeUp(peer.address, link.hello, time.time()))
+        self.core.handle(inputs.NodeUp(peer.address, link.hello, time.time()))
         self._schedule_flush()
         reason = "connection closed"
         try:
@@ -231,12 +232,12 @@ class Coordinator:
             peer.link = None
             link.close()
             if not self._closing:
-                self.core.handle(c.NodeLost(peer.address, reason, time.time()))
+                self.core.handle(inputs.NodeLost(peer.address, reason, time.time()))
                 peer.state, peer.detail = "lost", reason
                 self._schedule_flush()
 
-    def _on_finished(self, node: str, message: Finished, now: float) -> c.TasksFinished:
-        return c.TasksFinished(node, message.results, now)
+    def _on_finished(self, node: str, message: Finished, now: float) -> inputs.TasksFinished:
+        return inputs.TasksFinished(node, message.results, now)
 
     def _on_error(self, node: str, message: Error, now: float) -> None:
         self._publish([ev.Alert("error", f"{node}: agent error {message.code}: {message.message}", node)])
@@ -251,7 +252,7 @@ class Coordinator:
         """Persist, then accept: the id is returned only after the commit."""
         now = time.time()
         job_id = self.store.add_job(spec, now, actor)
-        self.core.handle(c.JobSubmitted(job_id, spec, now))
+        self.core.handle(inputs.JobSubmitted(job_id, spec, now))
         self._schedule_flush()
         return job_id
 
@@ -272,12 +273,12 @@ class Coordinator:
             self.store.reset_job(job_id)
             self.core.jobs.pop(job_id, None)
             self.store.write([], [(time.time(), actor, "resubmit", f"job {job_id}", "whole job")], [])
-            self.operate(c.JobSubmitted(job_id, spec, time.time()))
+            self.operate(inputs.JobSubmitted(job_id, spec, time.time()))
             return spec.task_count()
         if job is None:
             self.core.restore_job(job_id, spec, time.time(), self.store.task_states(job_id), self.store.succeeded_values(job_id))
         rows = self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])
-        self.operate(c.ResubmitTasks(job_id, rows, actor, time.time()))
+        self.operate(inputs.ResubmitTasks(job_id, rows, actor, time.time()))
         return len(rows)
 
     # --- the flush --------------------------------------------------------------
@@ -353,7 +354,7 @@ class Coordinator:
             mono = time.monotonic()
             self.core.update_rates(mono - last)
             last = mono
-            self.core.handle(c.Tick(time.time()))
+            self.core.handle(inputs.Tick(time.time()))
             self._schedule_flush()
             for node in list(self._unacked):
                 self._send(node, [Ack(self._unacked.pop(node))])

@@ -14,7 +14,7 @@ types, missing or mistyped fields, ext types and oversized frames are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, cast
 
 import msgpack
 
@@ -109,7 +109,7 @@ def _str_list(body: dict[str, Any], name: str, mtype: str) -> list[str]:
     for item in value:
         if not isinstance(item, str):
             raise ProtocolError(f"{mtype}: field {name!r} must hold strings")
-    return value
+    return cast(list[str], value)
 
 
 def _str_map(body: dict[str, Any], name: str, mtype: str) -> dict[str, str] | None:
@@ -118,7 +118,7 @@ def _str_map(body: dict[str, Any], name: str, mtype: str) -> dict[str, str] | No
         for k, v in value.items():
             if not isinstance(v, str):
                 raise ProtocolError(f"{mtype}: field {name!r} must map strings to strings")
-    return value
+    return cast("dict[str, str] | None", value)
 
 
 _NUMBER = (int, float)
@@ -607,7 +607,7 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 def encode(message: Message) -> bytes:
     """One message as one frame."""
-    return msgpack.packb(message.to_wire(), use_bin_type=True)
+    return cast(bytes, msgpack.packb(message.to_wire(), use_bin_type=True))
 
 
 def encode_many(messages: list[Message]) -> bytes:

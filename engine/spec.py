@@ -56,10 +56,10 @@ import os
 import re
 import shlex
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from engine.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS

@@ -124,7 +124,7 @@ class _WorkerLoop:
         self._started_sent = 0
         self._progress: tuple[int, float | None, str] | None = None
         self._funcs: dict[str | bytes, Callable[..., Any]] = {}
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         view = memoryview(shm)
         self._seq_cell = view[0:8].cast("q")
         self._start_cell = view[8:16].cast("d")  # matches SHM_LAYOUT
