@@ -63,12 +63,39 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="per-task results as JSON")
     fmt.add_argument("--csv", action="store_true", help="per-task results as CSV")
 
+    drain = sub.add_parser("drain", help="stop sending tasks to a node (of the running engine)")
+    drain.add_argument("node", metavar="NODE", help="HOST:PORT, hostname or agent id")
+    drain.add_argument("--requeue", action="store_true", help="also move its running tasks elsewhere now")
+    _live_options(drain)
+
+    undrain = sub.add_parser("undrain", help="let a drained node take tasks again")
+    undrain.add_argument("node", metavar="NODE")
+    _live_options(undrain)
+
+    resubmit = sub.add_parser("resubmit", help="run a job's failed and cancelled tasks again (or, with --all, the whole ended job)")
+    resubmit.add_argument("job", type=int, metavar="JOB")
+    which = resubmit.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="failed and cancelled tasks only (the default)")
+    which.add_argument("--all", action="store_true", help="the whole job, from scratch (once it has ended)")
+    _live_options(resubmit)
+
+    cancel = sub.add_parser("cancel", help="cancel a job, or some of its tasks")
+    cancel.add_argument("job", type=int, metavar="JOB")
+    cancel.add_argument("--task", type=int, action="append", metavar="N", help="only this task index (repeatable)")
+    _live_options(cancel)
+
     trust = sub.add_parser("trust", help="pin an agent's SSH host key (first trust, like ssh)")
     trust.add_argument("node", metavar="HOST:PORT")
     trust.add_argument("--config-dir", help="console config dir (key and known-hosts)")
+    trust.add_argument("--state-dir", help="tell the engine running on this state dir to use the node now")
     trust.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     trust.add_argument("--replace", action="store_true", help="replace a pinned key that changed (after you checked why)")
     return parser
+
+
+def _live_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help="the running engine's state dir (default: XDG state dir)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -112,9 +139,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from engine.paths import config_dir
-    from engine.trust import load_or_create_console_key, public_key_line
+    from engine.trust import TrustError, load_or_create_console_key, public_key_line
 
-    print(public_key_line(load_or_create_console_key(config_dir(None))))
+    try:
+        print(public_key_line(load_or_create_console_key(config_dir(None))))
+    except TrustError as exc:
+        raise UserError(str(exc)) from None
     return EXIT_OK
 
 
@@ -169,8 +199,9 @@ def _open_store(state_dir: str | None) -> Any:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    store = _open_store(args.state_dir)
-    rows = store.jobs()
+    rows = _live(args.state_dir, lambda r: r.jobs())
+    if rows is None:
+        rows = _open_store(args.state_dir).jobs()
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
@@ -183,13 +214,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    store = _open_store(args.state_dir)
-    nodes = store.known_nodes()
+    live = _live(args.state_dir, lambda r: r.nodes())
+    rows = live if live is not None else [{"node": n, "state": "unknown (no engine running)"} for n in _open_store(args.state_dir).known_nodes()]
     if args.json:
-        print(json.dumps([{"node": n} for n in nodes]))
-    else:
-        for node in nodes:
-            print(node)
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{'NODE':<22} {'STATE':<10} {'SLOTS':>5} {'BUSY':>4} {'CPU%':>5} {'MEM%':>5}  DRAINED  HOST")
+    for row in rows:
+        cpu = "" if row.get("cpu") is None else f"{row['cpu']:.0f}"
+        mem = "" if row.get("mem") is None else f"{row['mem']:.0f}"
+        print(
+            f"{row['node']:<22} {row.get('state', ''):<10} {row.get('slots', ''):>5} {row.get('slots_busy', ''):>4}"
+            f" {cpu:>5} {mem:>5}  {'yes' if row.get('drained') else 'no':<7}  {row.get('hostname', '')}"
+        )
     return EXIT_OK
 
 
@@ -216,6 +253,65 @@ def cmd_results(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _remote(state_dir: str | None, call: Callable[[Any], Any]) -> Any:
+    """Run ``call(remote_engine)`` against the engine that drives the state dir."""
+    from engine.control import ControlError, connect
+    from engine.paths import state_dir as default_state_dir
+
+    try:
+        remote = await connect(default_state_dir(state_dir))
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        return await call(remote)
+    except ControlError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        await remote.close()
+
+
+def _steer(args: argparse.Namespace, call: Callable[[Any], Any], done: str) -> int:
+    answer = asyncio.run(_remote(args.state_dir, call))
+    print(json.dumps({"ok": True, "answer": answer}) if args.json else done.format(answer=answer))
+    return EXIT_OK
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    how = "its running tasks requeued" if args.requeue else "running tasks finish there"
+    return _steer(args, lambda r: r.drain(args.node, args.requeue), f"drained {args.node} ({how})")
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    return _steer(args, lambda r: r.undrain(args.node), f"undrained {args.node}")
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    return _steer(args, lambda r: r.resubmit(args.job, not args.all), f"job {args.job}: {{answer}} tasks queued again")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    what = f"tasks {args.task}" if args.task else "all its unfinished tasks"
+    return _steer(args, lambda r: r.cancel(args.job, args.task), f"job {args.job}: cancelled {what}")
+
+
+def _live(state_dir: str | None, call: Callable[[Any], Any]) -> Any:
+    """Ask the running engine, or None when no engine runs there."""
+    from engine.control import ControlError, connect
+    from engine.paths import state_dir as default_state_dir
+
+    async def ask() -> Any:
+        try:
+            remote = await connect(default_state_dir(state_dir))
+        except ControlError:
+            return None
+        try:
+            return await call(remote)
+        finally:
+            await remote.close()
+
+    return asyncio.run(ask())
+
+
 def cmd_trust(args: argparse.Namespace) -> int:
     return asyncio.run(_trust(args))
 
@@ -224,7 +320,14 @@ async def _trust(args: argparse.Namespace) -> int:
     from engine.discovery import parse_node_address
     from engine.link import LinkError, open_link
     from engine.paths import config_dir
-    from engine.trust import KnownHosts, TrustStatus, fingerprint, load_or_create_console_key
+    from engine.paths import state_dir as default_state_dir
+    from engine.trust import (
+        KnownHosts,
+        TrustError,
+        TrustStatus,
+        fingerprint,
+        load_or_create_console_key,
+    )
 
     try:
         host, port = parse_node_address(args.node)
@@ -232,7 +335,10 @@ async def _trust(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     cdir = config_dir(args.config_dir)
     known = KnownHosts(cdir / "known_hosts")
-    key = load_or_create_console_key(cdir)
+    try:
+        key = load_or_create_console_key(cdir)
+    except TrustError as exc:
+        raise UserError(str(exc)) from None
     try:
         link = await open_link(host, port, client_key=key, console_id="trust-probe", pinned_host_key=None, accept_unknown=True)
     except (LinkError, OSError) as exc:
@@ -255,6 +361,20 @@ async def _trust(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     known.pin(host, port, presented, replace=args.replace)
     print(f"trusted {args.node} ({fp})")
+    # A running engine re-reads the pinned key when it next tries the node;
+    # nudge it to try now.
+    from engine.control import ControlError, connect
+
+    try:
+        remote = await connect(default_state_dir(args.state_dir))
+    except ControlError:
+        return EXIT_OK
+    try:
+        await remote.trust(args.node, args.replace)
+    except ControlError:
+        pass  # it has not seen this node: it will pick the key up when it does
+    finally:
+        await remote.close()
     return EXIT_OK
 
 
@@ -266,6 +386,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "nodes": cmd_nodes,
     "results": cmd_results,
     "trust": cmd_trust,
+    "drain": cmd_drain,
+    "undrain": cmd_undrain,
+    "resubmit": cmd_resubmit,
+    "cancel": cmd_cancel,
 }
 
 

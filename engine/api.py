@@ -11,6 +11,7 @@ through ``Engine``; nothing here knows about any UI.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any, Callable, Iterable, Sequence
 from engine import core as c
 from engine import events as ev
 from engine import inputs
+from engine.control import SOCKET_NAME, ControlServer
 from engine.coordinator import Coordinator, engine_lock
 from engine.paths import config_dir as default_config_dir
 from engine.paths import state_dir as default_state_dir
 from engine.spec import JobSpec
 from engine.store import Store
 from engine.trust import KnownHosts, display_endpoint, load_or_create_console_key
+
+log = logging.getLogger("shoal.engine")
 
 
 class Engine:
@@ -35,6 +39,7 @@ class Engine:
         self.state_dir = state_dir
         self._lock = lock
         self._discovery: Any = None
+        self._control: Any = None
 
     @classmethod
     async def open(
@@ -61,6 +66,12 @@ class Engine:
             )
             engine = cls(coordinator, lock, sdir)
             await coordinator.start()
+            control = ControlServer(engine, sdir / SOCKET_NAME)
+            try:
+                await control.start()
+                engine._control = control
+            except OSError as exc:  # e.g. a state dir path too long for AF_UNIX
+                log.warning("no control socket in %s: %s (local clients cannot attach)", sdir, exc)
             for address in nodes:
                 coordinator.add_node(address)
             if mdns_interfaces:
@@ -89,6 +100,8 @@ class Engine:
         await self._discovery.start()
 
     async def close(self) -> None:
+        if self._control is not None:
+            await self._control.stop()
         if self._discovery is not None:
             await self._discovery.stop()
         await self.coordinator.close()

@@ -13,7 +13,7 @@ def imported_after(modules: list[str]) -> set[str]:
 
 
 def test_engine_imports_no_ui():
-    loaded = imported_after(["engine.api", "engine.coordinator", "engine.core", "engine.discovery", "engine.control" if (REPO / "engine" / "control.py").exists() else "engine.store"])
+    loaded = imported_after(["engine.api", "engine.coordinator", "engine.core", "engine.discovery", "engine.control"])
     assert not {m for m in loaded if m.split(".")[0] in ("textual", "console")}
 
 
