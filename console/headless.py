@@ -76,6 +76,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
     total = spec.task_count()
     failures: list[str] = []
     warned_untrusted = False
+    unreachable: set[str] = set()
     try:
         while not waiter.done():
             await asyncio.wait({waiter}, timeout=REDRAW_SECONDS)
@@ -88,6 +89,11 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
                 elif isinstance(event, ev.NodeChanged) and event.state in ("untrusted", "refused"):
                     out.message(f"shoal: node {event.node} {event.state}: {event.detail}")
                     warned_untrusted = True
+                elif isinstance(event, ev.NodeChanged) and event.state == "connecting" and event.node not in unreachable:
+                    unreachable.add(event.node)  # say it once, not on every retry
+                    out.message(f"shoal: cannot reach node {event.node} yet: {event.detail}")
+                elif isinstance(event, ev.NodeChanged) and event.state == "up":
+                    unreachable.discard(event.node)
             counts = engine.counts(job_id)
             done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
             nodes_up = sum(1 for n in engine.nodes() if n["state"] == "up")

@@ -169,7 +169,7 @@ class Coordinator:
                 await self._wait_for_trust(peer, exc)
                 continue
             except (LinkError, OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-                self._set_peer(peer, "connecting", f"{exc}; retry in {delay:.0f}s")
+                self._set_peer(peer, "connecting", f"{exc}; retrying (every {delay:.1f}s, backing off)")
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(RECONNECT_MAX, delay * 2)
                 continue
