@@ -26,7 +26,7 @@ import asyncssh
 from engine import core as c
 from engine import events as ev
 from engine import inputs
-from engine.link import AgentLink, HostKeyMismatch, LinkError, UnknownHostKey, open_link
+from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, UnknownHostKey, open_link
 from engine.model import TaskStatus
 from engine.protocol import (
     Ack,
@@ -217,15 +217,23 @@ class Coordinator:
         self._schedule_flush()
         reason = "connection closed"
         try:
-            async for message in link:
-                handler = self._handlers.get(type(message))
-                if handler is None:
-                    reason = f"unexpected {message.TYPE} frame"
+            while True:
+                try:
+                    batch = await link.recv_many()
+                except LinkClosed:
+                    reason = link.close_reason or reason
                     break
-                event = handler(peer.address, message, time.time())
-                if event is not None:
-                    self.core.handle(event)
-                    self._schedule_flush()
+                now = time.time()
+                for message in batch:
+                    handler = self._handlers.get(type(message))
+                    if handler is None:
+                        raise LinkError(f"unexpected {message.TYPE} frame")
+                    event = handler(peer.address, message, now)
+                    if event is not None:
+                        self.core.handle(event)
+                # Flush now rather than on the next loop turn: one hop less
+                # between a result arriving and its waiter waking.
+                self._flush()
         except (LinkError, OSError, asyncssh.Error) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
