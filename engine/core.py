@@ -337,15 +337,27 @@ class EngineCore:
 
     def _lost_attempt(self, task: Task, now: float, reason: str) -> None:
         """Rerun a task whose attempt was lost with its node, unless nodes
-        keep dying under it: a poison task fails instead of killing more."""
-        task.node_failures += 1
-        if task.node_failures >= task.job.spec.max_node_failures:
-            msg = f"poison task: lost with its node {task.node_failures} times ({reason})"
-            self._move(task, TaskStatus.FAILED, "poison", msg)
-            self._row(task, error=msg)
-            self.out.audit.append((now, "engine", "poison", f"task {task.job.id}.{task.index}", msg))
-            self._check_done(task.job, now)
-            return
+        keep dying under it: a poison task fails instead of killing more.
+
+        An attempt the node may have run counts against the task: all of them
+        the first time (agents hold reports back for a few milliseconds, so
+        the engine cannot tell a task that just finished or still waited in
+        the node's queue from one that ran). A suspect is then sent with
+        ``report_start``, so the next time the verdict is exact: it counts
+        only if its start was reported, and tasks that finished before it
+        have been reported too.
+        """
+        if task.node_failures and not task.started_at:
+            reason = f"{reason}; it had not started there"
+        else:
+            task.node_failures += 1
+            if task.node_failures >= task.job.spec.max_node_failures:
+                msg = f"poison task: lost with its node {task.node_failures} times ({reason})"
+                self._move(task, TaskStatus.FAILED, "poison", msg)
+                self._row(task, error=msg)
+                self.out.audit.append((now, "engine", "poison", f"task {task.job.id}.{task.index}", msg))
+                self._check_done(task.job, now)
+                return
         self._move(task, TaskStatus.QUEUED, reason)
         self._row(task)
         task.job.requeued.appendleft(task)
@@ -635,7 +647,7 @@ class EngineCore:
         runs = self.out.runs.get(node.id)
         if runs is None:
             runs = self.out.runs[node.id] = []
-        runs.append(TaskSpec(aid, spec.kind, **spec.task_fields(task.index)))
+        runs.append(TaskSpec(aid, spec.kind, report_start=task.node_failures > 0, **spec.task_fields(task.index)))
 
     # --- invariants (tests call this after every step) ------------------------------
 

@@ -103,6 +103,9 @@ class _HostKeyCheck(asyncssh.SSHClient):
         self._accept_unknown = accept_unknown
         self.presented: asyncssh.SSHKey | None = None
 
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        protocol.skip_cbc_countermeasure(conn)
+
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.presented = key
         if self._pinned is None:

@@ -36,7 +36,7 @@ from engine.protocol import (
     TaskSpec,
 )
 from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
-from nodeagent.procs import GroupReaper
+from nodeagent.procs import FdWatcher, GroupReaper
 from nodeagent.shelltask import ShellRun, shell_result
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
@@ -66,6 +66,10 @@ class ExecutorListener(Protocol):
 
     def task_started(self, owner: str, attempt_id: str) -> None: ...
 
+    def task_starting(self, owner: str, attempt_id: str) -> None:
+        """A ``report_start`` task is about to start: write that, and whatever
+        is held back for ``owner``, now."""
+
     def task_progress(self, owner: str, attempt_id: str, fraction: float | None, message: str) -> None: ...
 
     def task_output(self, owner: str, attempt_id: str, stream: str, data: bytes) -> None: ...
@@ -76,6 +80,9 @@ class ExecutorListener(Protocol):
 
 class _NoListener:
     def task_started(self, owner: str, attempt_id: str) -> None:
+        pass
+
+    def task_starting(self, owner: str, attempt_id: str) -> None:
         pass
 
     def task_progress(self, owner: str, attempt_id: str, fraction: float | None, message: str) -> None:
@@ -118,6 +125,7 @@ class Executor:
             on_requeue=self._requeue,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: FdWatcher | None = None  # shell tasks' pipes and exit watches
         self._queue: deque[Task] = deque()  # cancelled tasks stay until they reach the head
         self._queued_live = 0
         self._held: dict[str, dict[str, Task]] = {}  # owner -> attempt id -> task, queued or running
@@ -134,6 +142,7 @@ class Executor:
     async def start(self) -> None:
         """Open the journal and pre-start one Python worker per slot."""
         self._loop = asyncio.get_running_loop()
+        self._readers = FdWatcher(self._loop)
         self._idle = asyncio.Event()
         self._journal.open()
         self._reaper.start()
@@ -166,6 +175,8 @@ class Executor:
         await self._pool.close(EXIT_WAIT_SECONDS)
         self._journal.close()
         self._reaper.close(EXIT_WAIT_SECONDS)  # nothing is registered any more: it just exits
+        if self._readers is not None:
+            self._readers.close()
         self._closed = True
 
     def _kill_everything(self) -> None:
@@ -280,6 +291,10 @@ class Executor:
     def holding(self, owner: str) -> list[str]:
         return list(self._held.get(owner, ()))
 
+    def holds_any(self, owner: str) -> bool:
+        """Whether any task of ``owner`` is still queued or running here."""
+        return bool(self._held.get(owner))
+
     @property
     def drained(self) -> bool:
         return self._drained
@@ -326,7 +341,7 @@ class Executor:
                 queue.popleft()
                 continue
             spec = head.spec
-            if spec.kind != KIND_SHELL and spec.slots == 1:
+            if spec.kind != KIND_SHELL and spec.slots == 1 and not spec.report_start:
                 slot = pool.slot_for_batch()
                 if slot is None:
                     return
@@ -337,6 +352,9 @@ class Executor:
             queue.popleft()
             self._queued_live -= 1
             head.stage = Stage.RUNNING
+            if spec.report_start:
+                head.stage = Stage.STARTED
+                self._listener.task_starting(head.owner, head.id)
             if spec.kind == KIND_SHELL:
                 self._start_shell(head)
             else:
@@ -351,9 +369,11 @@ class Executor:
 
     def _start_shell(self, task: Task) -> None:
         assert self._loop is not None
+        assert self._readers is not None
         run = ShellRun(
             task.spec,
             self._loop,
+            self._readers,
             self._reaper,
             on_output=partial(self._task_output, task),
             on_progress=partial(self._task_progress, task),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
+import select
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,6 +25,7 @@ log = logging.getLogger("shoal.agent.procs")
 
 _PR_SET_PDEATHSIG = 1
 EXIT_POLL_SECONDS = 0.02  # only where pidfd is missing
+REAPER_TABLE_ENTRIES = 4096  # process groups an agent can cover at once
 
 
 def set_parent_death_signal(parent_pid: int) -> None:
@@ -66,7 +69,67 @@ def exit_text(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def watch_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:
+class Readers(Protocol):
+    """Where readable-descriptor callbacks are registered: the event loop itself, or an ``FdWatcher``."""
+
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
+
+    def remove_reader(self, fd: int) -> bool: ...
+
+
+class FdWatcher:
+    """Readable callbacks for the agent's many short-lived descriptors (task
+    pipes, pidfds), through an epoll of its own that the event loop watches
+    as one descriptor.
+
+    Adding or removing a descriptor is then one system call rather than a
+    trip through asyncio's selector bookkeeping (a few dozen Python calls),
+    and a shell task adds and removes three. Where there is no epoll it
+    hands everything to the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._callbacks: dict[int, tuple[Callable[..., object], tuple[Any, ...]]] = {}
+        if self._epoll is not None:
+            loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
+        if self._epoll is None:
+            self._loop.add_reader(fd, callback, *args)
+            return
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = (callback, args)
+
+    def remove_reader(self, fd: int) -> bool:
+        if self._epoll is None:
+            return self._loop.remove_reader(fd)
+        if self._callbacks.pop(fd, None) is None:
+            return False
+        self._epoll.unregister(fd)
+        return True
+
+    def _ready(self) -> None:
+        assert self._epoll is not None
+        callbacks = self._callbacks
+        ready = [(fd, callbacks.get(fd)) for fd, _ in self._epoll.poll(0)]
+        for fd, entry in ready:
+            # Skip one removed, or reused for a new descriptor, by an earlier
+            # callback of this batch.
+            if entry is not None and callbacks.get(fd) is entry:
+                entry[0](*entry[1])
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._callbacks.clear()
+
+
+def watch_exit(
+    loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None], readers: Readers | None = None
+) -> None:
     """Call ``callback`` once when ``pid`` exits, WITHOUT reaping it.
 
     The zombie keeps its pid (and so its process group id) reserved, so the
@@ -78,29 +141,14 @@ def watch_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[],
     except (AttributeError, OSError):
         _poll_exit(loop, pid, callback)
         return
+    watch = readers if readers is not None else loop
 
     def on_readable() -> None:
-        loop.remove_reader(pidfd)
+        watch.remove_reader(pidfd)
         os.close(pidfd)
         callback()
 
-    loop.add_reader(pidfd, on_readable)
-
-
-def _poll_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:
-    # Fallback without pidfd (not Linux): poll with WNOWAIT, which leaves the
-    # child unreaped like the pidfd path does.
-    def check() -> None:
-        try:
-            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            exited = True
-        if exited:
-            callback()
-        else:
-            loop.call_later(EXIT_POLL_SECONDS, check)
-
-    loop.call_later(EXIT_POLL_SECONDS, check)
+    watch.add_reader(pidfd, on_readable)
 
 
 # A helper imports what the agent can import (its packages, the repo root
@@ -135,22 +183,35 @@ class GroupReaper:
     """A helper process that SIGKILLs the agent's task process groups if the agent dies.
 
     PR_SET_PDEATHSIG reaches a direct child only, and costs a slow fork per
-    spawn; a task's own children would outlive a SIGKILLed agent. The reaper
-    reads group ids from a pipe ("+pgid" / "-pgid" lines); the pipe's EOF
-    (the agent's death, or its orderly close) makes it kill every group still
-    registered. Best effort: if it cannot start, the agent runs without it.
+    spawn; a task's own children would outlive a SIGKILLed agent. The agent
+    keeps the live group ids in a small table of shared memory that the
+    reaper reads only once: when its pipe from the agent reaches EOF (the
+    agent's death, or its orderly close), it kills every group still listed.
+    A register or unregister is one 4-byte store: no system call, and no
+    wakeup of the reaper, on the path of every task.
+
+    Best effort: if it cannot start, the agent runs without it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = REAPER_TABLE_ENTRIES) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
-        self._fd = -1
+        self._fd = -1  # write end of the liveness pipe
+        self._capacity = capacity
+        self._table: memoryview | None = None  # int32 group ids; 0 is a free entry
+        self._mmap: mmap.mmap | None = None
+        self._entry: dict[int, int] = {}  # pgid -> its entry in the table
+        self._free: list[int] = []
+        self._warned_full = False
 
     def start(self) -> None:
+        size = self._capacity * 4
+        table_fd = _shared_memory_fd(size)
         read_end, self._fd = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                helper_command(__name__, "reaper_main"),
+                helper_command(__name__, "reaper_main", str(table_fd), str(size)),
                 stdin=read_end,
+                pass_fds=(table_fd,),
                 start_new_session=True,  # not hit by the terminal's Ctrl-C meant for the agent
                 env=helper_env(),
             )
@@ -161,27 +222,35 @@ class GroupReaper:
         finally:
             os.close(read_end)
         if self._fd >= 0:
-            os.set_blocking(self._fd, False)
+            self._mmap = mmap.mmap(table_fd, size)
+            self._table = memoryview(self._mmap).cast("i")
+            self._free = list(range(self._capacity - 1, -1, -1))
+        os.close(table_fd)  # the mapping and the reaper's copy keep it alive
 
     def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+        table = self._table
+        if table is None:
+            return
+        if not self._free:
+            if not self._warned_full:
+                self._warned_full = True
+                log.warning("process group reaper table full (%d groups): new groups are not covered", self._capacity)
+            return
+        entry = self._free.pop()
+        table[entry] = pgid
+        self._entry[pgid] = entry
 
     def unregister(self, pgid: int) -> None:
-        self._send(b"-%d\n" % pgid)
-
-    def _send(self, line: bytes) -> None:
-        if self._fd < 0:
-            return
-        try:
-            os.write(self._fd, line)
-        except (BlockingIOError, BrokenPipeError) as exc:
-            # A line is a few bytes: the pipe is only full if the reaper hangs.
-            log.warning("process group reaper not reachable (%s): continuing without it", exc)
-            os.close(self._fd)
-            self._fd = -1
+        """Call before reaping the group leader, while its pid is still reserved:
+        a recycled pid must never be on the list."""
+        entry = self._entry.pop(pgid, None)
+        if entry is not None and self._table is not None:
+            self._table[entry] = 0
+            self._free.append(entry)
 
     def close(self, timeout: float) -> None:
-        """Close the pipe and reap the reaper (it exits at once on the EOF)."""
+        """Close the pipe and reap the reaper (it exits at once on the EOF,
+        killing whatever is still registered)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -192,16 +261,32 @@ class GroupReaper:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+        if self._table is not None and self._mmap is not None:
+            self._table.release()
+            self._mmap.close()
+            self._table = self._mmap = None
+
+
+def _shared_memory_fd(size: int) -> int:
+    """A zero-filled file of ``size`` bytes that lives only in memory (Linux),
+    or an unlinked temporary file elsewhere."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("shoal-reaper", os.MFD_CLOEXEC)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, size)
+    return fd
 
 
 def reaper_main() -> None:
     """Entry point of the reaper process (started by ``GroupReaper.start``)."""
-    groups: set[int] = set()
-    for line in sys.stdin.buffer:
-        pgid = int(line[1:])
-        if line[:1] == b"+":
-            groups.add(pgid)
-        else:
-            groups.discard(pgid)
-    for pgid in groups:
-        kill_group(pgid)
+    table_fd, size = int(sys.argv[1]), int(sys.argv[2])
+    table = memoryview(mmap.mmap(table_fd, size)).cast("i")
+    while sys.stdin.buffer.read(65536):
+        pass  # nothing is ever written: only the EOF matters
+    for pgid in table:
+        if pgid > 0:
+            kill_group(pgid)

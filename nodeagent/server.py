@@ -360,6 +360,7 @@ class _SSHConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        protocol.skip_cbc_countermeasure(conn)
         peer = conn.get_extra_info("peername")
         source = str(peer[0]) if peer else "?"
         if not self._agent.gate.admit(conn, source):

@@ -59,6 +59,12 @@ RESULTS_PER_FRAME = 4096
 # Output chunks held for a console whose channel is paused. Beyond this the
 # chunks are dropped: the result still carries the output's tail.
 MAX_PENDING_OUTPUT_BYTES = 1024 * 1024
+# While a console still has tasks here, what they report waits for the next
+# write at most this long after the last one, so that several results share
+# an SSH packet (each costs both ends tens of microseconds of Python). The
+# console's last result, a refusal or a heartbeat goes at once, so an idle
+# cluster's latency is untouched; the engine's prefetch covers the wait.
+COALESCE_SECONDS = 0.020
 
 # Message types a console may send; anything else from a console is a
 # protocol error, while one of these at the wrong moment is a state error.
@@ -164,6 +170,12 @@ class SessionHub(ExecutorListener):
         if session is not None:
             session.queue_started(attempt_id)
 
+    def task_starting(self, owner: str, attempt_id: str) -> None:
+        session = self._sessions.get(owner)
+        if session is not None:
+            session.queue_started(attempt_id)
+            session.flush_now()
+
     def task_progress(self, owner: str, attempt_id: str, fraction: float | None, message: str) -> None:
         session = self._sessions.get(owner)
         if session is not None:
@@ -196,7 +208,9 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             Error: self._on_peer_error,
         }
         # Coalesced outgoing events, written by _flush.
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # a flush is due on the next loop turn
+        self._flush_timer: asyncio.TimerHandle | None = None  # a coalescing flush is due later
+        self._last_write = 0.0
         self._rejected: dict[str, list[str]] = {}
         self._started: list[str] = []
         self._progress: dict[str, Progress] = {}
@@ -345,12 +359,12 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
 
     def queue_started(self, attempt_id: str) -> None:
         self._started.append(attempt_id)
-        self._schedule_flush()
+        self._schedule_flush(urgent=False)
 
     def queue_progress(self, progress: Progress) -> None:
         # Only the latest progress of an attempt matters to the console.
         self._progress[progress.id] = progress
-        self._schedule_flush()
+        self._schedule_flush(urgent=False)
 
     def queue_output(self, attempt_id: str, stream: str, data: bytes) -> None:
         if self._output_bytes + len(data) > MAX_PENDING_OUTPUT_BYTES:
@@ -361,23 +375,39 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             self._output[-1] = Output(id=attempt_id, stream=stream, data=last.data + data)
         else:
             self._output.append(Output(id=attempt_id, stream=stream, data=data))
-        self._schedule_flush()
+        self._schedule_flush(urgent=False)
 
     def queue_finished(self, result: TaskResult) -> None:
         self._finished.append(result)
-        self._schedule_flush()
+        self._schedule_flush(urgent=not self._hub.executor.holds_any(self.owner))
 
     def queue_heartbeat(self, heartbeat: Heartbeat) -> None:
         self._heartbeat = heartbeat
         self._schedule_flush()
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and not self._closing:
+    def _schedule_flush(self, urgent: bool = True) -> None:
+        if self._flush_scheduled or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_write + COALESCE_SECONDS
+        if urgent or due <= loop.time():
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_at(due, self._flush)
+
+    def flush_now(self) -> None:
+        """Write what is queued at once, not at the end of the loop turn."""
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._closing or self._paused:
             # resume_writing schedules the next flush; results are safe in
             # the journal meanwhile.
@@ -407,6 +437,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             self._heartbeat = None
         if parts:
             self._write(b"".join(parts))
+            self._last_write = asyncio.get_running_loop().time()
 
     def _finished_frames(self, results: list[TaskResult]) -> list[bytes]:
         frames: list[bytes] = []

@@ -225,8 +225,8 @@ class WorkerPool:
                 queue.popleft()  # cancelled while queued
                 continue
             spec = task.spec
-            if spec.kind == KIND_SHELL or spec.slots != 1:
-                break
+            if spec.kind == KIND_SHELL or spec.slots != 1 or spec.report_start:
+                break  # placed on its own by the executor
             queue.popleft()
             seq += 1
             task.seq = seq

@@ -1,6 +1,7 @@
-"""Executor throughput: no-op call tasks through real worker processes, no SSH.
+"""Executor throughput: no-op call tasks through real worker processes, or
+`true` shell tasks, no SSH.
 
-    .venv/bin/python tests/bench/bench_executor.py [--tasks 100000] [--slots 2] [--chunk 1000]
+    .venv/bin/python tests/bench/bench_executor.py [--tasks 100000] [--slots 2] [--chunk 1000] [--shell]
 
 Submits in chunks (as run frames would arrive) and acks in batches (as a
 console would), and prints tasks per second from the first submit to the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -55,8 +57,11 @@ class CountingListener:
             self.done.set()
 
 
-async def run(tasks: int, slots: int, chunk: int) -> None:
-    specs = [TaskSpec(id=f"t{i}", kind="call", fn="tests.bench.tasks:noop", args=[i]) for i in range(tasks)]
+async def run(tasks: int, slots: int, chunk: int, shell: bool) -> None:
+    if shell:
+        specs = [TaskSpec(id=f"t{i}", kind="shell", argv=["true"]) for i in range(tasks)]
+    else:
+        specs = [TaskSpec(id=f"t{i}", kind="call", fn="tests.bench.tasks:noop", args=[i]) for i in range(tasks)]
     listener = CountingListener(tasks)
     with tempfile.TemporaryDirectory() as state_dir:
         executor = Executor(slots=slots, state_dir=Path(state_dir), listener=listener, max_queued=tasks)
@@ -71,11 +76,14 @@ async def run(tasks: int, slots: int, chunk: int) -> None:
         await asyncio.wait_for(listener.done.wait(), 600)
         elapsed = time.perf_counter() - began
         agent_cpu = time.process_time() - cpu_began
+        children = os.times()
         await executor.shutdown(1.0)
+    what = "`true` shell" if shell else "no-op call"
     print(
-        f"{tasks} no-op call tasks, {slots} slots: {elapsed:.2f} s, "
+        f"{tasks} {what} tasks, {slots} slots: {elapsed:.2f} s, "
         f"{tasks / elapsed:,.0f} tasks/s ({listener.failed} failed); "
         f"agent CPU {agent_cpu / tasks * 1e6:.1f} us/task"
+        + (f", children {(children.children_user + children.children_system) / tasks * 1e6:.0f} us/task" if shell else "")
     )
 
 
@@ -84,8 +92,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument("--shell", action="store_true", help="`true` shell tasks instead of Python calls")
     args = parser.parse_args()
-    asyncio.run(run(args.tasks, args.slots, args.chunk))
+    asyncio.run(run(args.tasks, args.slots, args.chunk, args.shell))
 
 
 if __name__ == "__main__":

@@ -121,10 +121,26 @@ def test_missed_heartbeats_mark_node_lost_and_requeue():
 def test_poison_task_fails_after_max_node_failures():
     h = Harness()
     h.step(c.JobSubmitted(1, spec("max_node_failures = 2", count=1), h.now))
-    for name in ("a", "b"):
-        h.node(name, 1)
-        h.step(c.NodeLost(name, "died", h.now))
+    h.node("a", 1)
+    h.step(c.NodeLost("a", "died", h.now))  # the first loss counts whatever the node reported
+    out = h.node("b", 1)
+    (suspect,) = out.runs["b"]
+    assert suspect.report_start  # so the next verdict is exact
+    h.step(c.TasksStarted("b", [suspect.id], h.now))
+    h.step(c.NodeLost("b", "died", h.now))
     assert h.core.jobs[1].counts[TaskStatus.FAILED] == 1
+
+
+def test_suspect_that_had_not_started_is_not_blamed_for_its_node():
+    h = Harness()
+    h.step(c.JobSubmitted(1, spec("max_node_failures = 2", count=1), h.now))
+    h.node("a", 1)
+    h.step(c.NodeLost("a", "died", h.now))
+    h.node("b", 1)
+    h.step(c.NodeLost("b", "died", h.now))  # its start was never reported: it waited in b's queue
+    task = next(iter(h.core.jobs[1].requeued))
+    assert task.node_failures == 1
+    assert h.core.jobs[1].counts[TaskStatus.QUEUED] == 1
 
 
 def test_drained_node_gets_no_work_and_requeue_moves_running_tasks():
