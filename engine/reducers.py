@@ -310,6 +310,8 @@ def make_reducer(name: str | None) -> Reducer:
 def shell_value(stdout: bytes) -> Any:
     """A shell task's value: its stdout as JSON when it parses, else the text."""
     text = stdout.decode("utf-8", "replace").strip()
+    if not text:
+        return text  # the common case of no output: spare json its exception
     try:
         return json.loads(text)
     except ValueError:
