@@ -37,7 +37,7 @@ from engine.protocol import (
 )
 from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
 from nodeagent.procs import FdWatcher, GroupReaper
-from nodeagent.shelltask import ShellRun, shell_result
+from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
     Done,
@@ -142,6 +142,7 @@ class Executor:
     async def start(self) -> None:
         """Open the journal and pre-start one Python worker per slot."""
         self._loop = asyncio.get_running_loop()
+        seal_inherited_descriptors()
         self._readers = FdWatcher(self._loop)
         self._idle = asyncio.Event()
         self._journal.open()

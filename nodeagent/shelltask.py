@@ -163,6 +163,32 @@ def _environment() -> Mapping[Any, Any]:
     return data if isinstance(data, dict) else dict(os.environ)
 
 
+def seal_inherited_descriptors() -> None:
+    """Make every descriptor above 2 non-inheritable, once per process.
+
+    posix_spawn does not close descriptors the way Popen's ``close_fds``
+    does: it relies on them being non-inheritable, which every descriptor
+    Python opens is. What the agent itself inherited from whoever started it
+    is sealed here; without a listing of open descriptors the agent falls
+    back to Popen.
+    """
+    global _posix_spawn_ok
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(listing)
+        except OSError:
+            continue
+        for name in names:
+            fd = int(name)
+            if fd > 2:
+                try:
+                    os.set_inheritable(fd, False)
+                except OSError:
+                    pass  # closed since (the listing's own descriptor)
+        return
+    _posix_spawn_ok = False
+
+
 def spawn(
     argv: list[str], env: dict[str, str] | None, cwd: str | None, stdout_fd: int, stderr_fd: int
 ) -> tuple[int, subprocess.Popen[bytes] | None]:
@@ -170,8 +196,8 @@ def spawn(
     /dev/null and ``env`` (None: the agent's own); return its pid, and the
     ``Popen`` where that had to be used.
 
-    Python makes its descriptors non-inheritable, so the child gets 0, 1 and
-    2 only, as with Popen's ``close_fds``.
+    The child gets descriptors 0, 1 and 2 only, as with Popen's
+    ``close_fds``, once ``seal_inherited_descriptors`` has run.
     """
     global _devnull_fd, _posix_spawn_ok
     if _devnull_fd < 0:

@@ -287,6 +287,26 @@ async def test_killed_agent_process_leaves_no_worker_behind(agent_process, clien
     console.link.close()
 
 
+async def test_report_start_gets_the_start_and_earlier_results_out_before_the_task_runs(
+    agent_process, client_key, tmp_path
+):
+    # One slot: "before" finishes while two tasks still wait, so its result
+    # would be held back for coalescing; the suspect kills its agent at once.
+    state_dir = tmp_path / "suspect"
+    process = await agent_process("--slots", "1", state_dir=state_dir)
+    console = await _console_for(process, client_key, state_dir)
+    before = shell("true")
+    suspect = shell("kill -9 $PPID; sleep 5", report_start=True)
+    behind = shell("true")
+    console.run(before, suspect, behind)
+    messages = await console.closed()
+    await asyncio.wait_for(process.proc.wait(), 10)
+    finished = {r.id for m in messages if isinstance(m, Finished) for r in m.results}
+    started = {i for m in messages if isinstance(m, Started) for i in m.ids}
+    assert before.id in finished and suspect.id in started
+    assert behind.id not in finished | started
+
+
 # --- the console's side of a broken agent -----------------------------------------------------
 
 

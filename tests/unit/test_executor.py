@@ -57,6 +57,11 @@ class Recorder:
         self.order.append(("started", attempt_id))
         self._changed.set()
 
+    def task_starting(self, owner: str, attempt_id: str) -> None:
+        self.started.append(attempt_id)
+        self.order.append(("starting", attempt_id))
+        self._changed.set()
+
     def task_progress(self, owner: str, attempt_id: str, fraction: float | None, message: str) -> None:
         self.progress.append((attempt_id, fraction, message))
         self._changed.set()
@@ -162,6 +167,45 @@ async def test_shell_argv_and_shell_string_capture_exit_and_output(make: Any) ->
     assert "SIGKILL" in killed.error
     missing = await rec.result("missing")
     assert missing.outcome == OUTCOME_ERROR and missing.error.startswith("FileNotFoundError")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_shell_task_inherits_only_stdin_stdout_and_stderr(make: Any) -> None:
+    executor, rec = await make()
+    executor.submit(OWNER, [TaskSpec(id="fds", kind="shell", argv=["ls", "/proc/self/fd"])])
+    result = await rec.result("fds")
+    assert result.stdout.split() == [b"0", b"1", b"2", b"3"]  # 3: the directory ls is reading
+
+
+async def test_program_found_on_path_is_found_again_after_it_moves(make: Any, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    program = first / "shoal-test-prog"
+    program.write_text("#!/bin/sh\necho from-$0\n")
+    program.chmod(0o755)
+    env = {"PATH": f"{first}{os.pathsep}{second}"}
+    executor, rec = await make()
+    executor.submit(OWNER, [TaskSpec(id="one", kind="shell", argv=["shoal-test-prog"], env=env)])
+    assert (await rec.result("one")).stdout == f"from-{program}\n".encode()
+    program.rename(second / program.name)  # the path the agent remembered is gone
+    executor.submit(OWNER, [TaskSpec(id="two", kind="shell", argv=["shoal-test-prog"], env=env)])
+    assert (await rec.result("two")).stdout == f"from-{second / program.name}\n".encode()
+
+
+async def test_report_start_task_is_reported_before_it_is_started(make: Any, tmp_path: Path) -> None:
+    executor, rec = await make(slots=1)
+    marker = tmp_path / "ran"
+    executor.submit(OWNER, [
+        sh("first", "true"),
+        sh("suspect", f"touch {marker}", report_start=True),
+        call("suspect-py", "add", 1, 2, report_start=True),
+    ])
+    await rec.result("suspect-py")
+    assert rec.order.index(("starting", "suspect")) < rec.order.index(("finished", "suspect"))
+    assert rec.order.index(("finished", "first")) < rec.order.index(("starting", "suspect"))
+    assert ("starting", "suspect-py") in rec.order and rec.started.count("suspect-py") == 1
+    assert marker.exists()
 
 
 async def test_shell_env_is_added_and_cwd_is_used(make: Any, tmp_path: Path) -> None:
