@@ -151,6 +151,22 @@ def watch_exit(
     watch.add_reader(pidfd, on_readable)
 
 
+def _poll_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:
+    # Fallback without pidfd (not Linux): poll with WNOWAIT, which leaves the
+    # child unreaped like the pidfd path does.
+    def check() -> None:
+        try:
+            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            exited = True
+        if exited:
+            callback()
+        else:
+            loop.call_later(EXIT_POLL_SECONDS, check)
+
+    loop.call_later(EXIT_POLL_SECONDS, check)
+
+
 # A helper imports what the agent can import (its packages, the repo root
 # under test): the agent's sys.path travels in this variable, which the
 # helper removes again so that a task's own subprocesses do not inherit it

@@ -416,6 +416,8 @@ class WorkerPool:
         for task in unfinished:
             started = victim_started if task.seq == victim else 0.0
             if task.kill is not None:
+                if task.seq != victim:
+                    task.stage = Stage.DONE  # it never began here: no started report
                 outcome, error = task.kill
                 done.append((task, _python_result(task, outcome, None, error, "", started, now)))
             elif self._closing:

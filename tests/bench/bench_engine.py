@@ -6,8 +6,8 @@
   persisted to SQLite, submit to last result; then the same job on a Dask
   LocalCluster with 4 worker processes (if dask is installed). Prints the ratio.
 * latency: one-task submit-to-result on an idle cluster, p50/p99 (and Dask's).
-* shell: 2,000 `true` shell tasks over 4 agents vs `xargs -P4` and GNU
-  Parallel `-j4` (if installed).
+* shell: 2,000 `true` shell tasks over 4 agents (1 slot each) vs `xargs -P4`
+  and GNU Parallel `-j4` (if installed), in alternating rounds; medians.
 * memory: engine RSS per pending task for a 1,000,000-task job, and the whole
   engine process at 100,000 tasks.
 * idle: 64 agents connected to one engine, engine CPU % while idle.
@@ -132,32 +132,43 @@ def _pcts(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-async def shell_tasks(root: Path, count: int) -> None:
+async def shell_tasks(root: Path, count: int, rounds: int) -> None:
+    """Rounds alternate Shoal, xargs and GNU Parallel on the same machine, so
+    that drift in the machine's speed hits all of them alike; the medians
+    are compared. The agents stay up (idle) while the peers run."""
+    items = "\n".join(str(i) for i in range(count)) + "\n"
+    peers = {
+        "xargs -P4": ["xargs", "-P4", "-n1", "true"],
+        "parallel -j4": ["parallel", "-j4", "true", "{}"],
+    }
+    rates: dict[str, list[float]] = {"shoal": [], **{name: [] for name in peers}}
     with LocalCluster(root, [1] * 4) as cluster:
         engine = await open_engine(cluster, root)
         try:
-            start = time.perf_counter()
-            job = engine.submit(spec_for(["true"], range(count), name="true"))
-            await engine.wait(job, 600)
-            elapsed = time.perf_counter() - start
+            await engine.wait(engine.submit(spec_for(["true"], range(40), name="warmup")), 60)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                job = engine.submit(spec_for(["true"], range(count), name="true"))
+                await engine.wait(job, 600)
+                rates["shoal"].append(count / (time.perf_counter() - start))
+                assert engine.counts(job)["succeeded"] == count, engine.counts(job)
+                for name, argv in peers.items():
+                    if shutil.which(argv[0]) is None:
+                        continue
+                    start = time.perf_counter()
+                    subprocess.run(argv, input=items, text=True, check=True, capture_output=True)
+                    rates[name].append(count / (time.perf_counter() - start))
         finally:
             await engine.close()
-    print(f"shoal: {count:,} shell tasks (true) over 4 agents: {count / elapsed:,.0f} tasks/s")
-    items = "\n".join(str(i) for i in range(count)) + "\n"
-    for name, argv in (
-        ("xargs -P4", ["xargs", "-P4", "-n1", "true"]),
-        ("parallel -j4", ["parallel", "-j4", "true", ":::"]),
-    ):
-        if shutil.which(argv[0]) is None:
+    medians = {name: statistics.median(r) for name, r in rates.items() if r}
+    for name, r in rates.items():
+        if not r:
             print(f"{name}: not installed")
             continue
-        start = time.perf_counter()
-        if argv[0] == "parallel":
-            subprocess.run(["parallel", "-j4", "true", "{}"], input=items, text=True, check=True, capture_output=True)
-        else:
-            subprocess.run(argv, input=items, text=True, check=True)
-        elapsed = time.perf_counter() - start
-        print(f"{name}: {count:,} x true: {count / elapsed:,.0f} tasks/s")
+        each = ", ".join(f"{rate:,.0f}" for rate in r)
+        print(f"{name}: {count:,} x true: median {medians[name]:,.0f} tasks/s (rounds: {each})")
+    if "xargs -P4" in medians:
+        print(f"ratio shoal/xargs (medians): {medians['shoal'] / medians['xargs -P4']:.2f}x")
 
 
 async def memory(root: Path) -> None:
@@ -219,6 +230,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--idle-agents", type=int, default=64)
+    parser.add_argument("--shell-rounds", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true", help="skip Dask")
     args = parser.parse_args()
     if args.which != ["memory"]:
@@ -236,7 +248,7 @@ def main() -> None:
             if not args.no_peers:
                 dask_latency(args.latency_samples)
         if "shell" in args.which:
-            asyncio.run(shell_tasks(root / "sh", 2000))
+            asyncio.run(shell_tasks(root / "sh", 2000, args.shell_rounds))
         if "memory" in args.which:
             if args.which == ["memory"]:
                 asyncio.run(memory(root / "mem"))

@@ -549,6 +549,26 @@ async def test_an_agent_killed_by_sigkill_takes_its_tasks_along_and_reports_them
 # --- shutdown --------------------------------------------------------------------------------
 
 
+async def test_task_killed_behind_another_in_its_batch_is_not_reported_started(make: Any) -> None:
+    executor, rec = await make(slots=1)
+    # One slot, two queued: both travel in one batch to the worker.
+    executor.submit(OWNER, [call("slow", "nap", 30), call("behind", "add", 1, 1)])
+    await rec.until(lambda: "slow" in rec.started)
+    await executor.shutdown(grace=0.2)
+    assert rec.results["behind"].outcome == OUTCOME_CANCELLED
+    assert "behind" not in rec.started
+
+
+async def test_exits_are_seen_without_pidfd_too(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise OSError("pidfd_open is not available here")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    executor, rec = await make()
+    executor.submit(OWNER, [sh("polled", "exit 4")])
+    assert (await rec.result("polled")).exit_code == 4
+
+
 async def test_shutdown_cancels_what_outlives_the_grace_and_leaves_no_child(make: Any, tmp_path: Path) -> None:
     executor, rec = await make(slots=2)
     pid_file = tmp_path / "grandchildren"
