@@ -207,6 +207,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             Hello: self._on_hello,
             Error: self._on_peer_error,
         }
+        self._loop = asyncio.get_running_loop()
         # Coalesced outgoing events, written by _flush.
         self._flush_scheduled = False  # a flush is due on the next loop turn
         self._flush_timer: asyncio.TimerHandle | None = None  # a coalescing flush is due later
@@ -388,7 +389,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
     def _schedule_flush(self, urgent: bool = True) -> None:
         if self._flush_scheduled or self._closing:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         due = self._last_write + COALESCE_SECONDS
         if urgent or due <= loop.time():
             if self._flush_timer is not None:
@@ -437,7 +438,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             self._heartbeat = None
         if parts:
             self._write(b"".join(parts))
-            self._last_write = asyncio.get_running_loop().time()
+            self._last_write = self._loop.time()
 
     def _finished_frames(self, results: list[TaskResult]) -> list[bytes]:
         frames: list[bytes] = []

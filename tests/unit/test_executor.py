@@ -177,6 +177,17 @@ async def test_shell_task_inherits_only_stdin_stdout_and_stderr(make: Any) -> No
     assert result.stdout.split() == [b"0", b"1", b"2", b"3"]  # 3: the directory ls is reading
 
 
+async def test_shell_task_writing_more_than_a_pipe_holds_at_once_still_finishes(make: Any) -> None:
+    # Its pipes are only watched after a few milliseconds: a fast writer
+    # fills them first and waits, then streams on.
+    executor, rec = await make()
+    executor.submit(OWNER, [sh("flood", "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo end >&2")])
+    result = await rec.result("flood")
+    assert result.ok
+    assert len(rec.output[("flood", "stdout")]) == 1_000_001
+    assert result.stdout.endswith(b"xxx\n") and result.stderr == b"end\n"
+
+
 async def test_program_found_on_path_is_found_again_after_it_moves(make: Any, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
