@@ -67,7 +67,10 @@ TASK_EVENTS_UP_TO = 10_000
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    prefetch_seconds: float = 0.05
+    # What a node may hold beyond its slots: about this long of its work.
+    # Twice the 50 ms an agent may hold its reports back while busy, so a
+    # node never runs dry waiting for the engine to learn it has room.
+    prefetch_seconds: float = 0.1
     max_prefetch: int = 4096
     heartbeat_timeout: float = 3.0
     speculate_after: float = 3.0  # x the median duration of finished peers

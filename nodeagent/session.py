@@ -64,7 +64,7 @@ MAX_PENDING_OUTPUT_BYTES = 1024 * 1024
 # an SSH packet (each costs both ends tens of microseconds of Python). The
 # console's last result, a refusal or a heartbeat goes at once, so an idle
 # cluster's latency is untouched; the engine's prefetch covers the wait.
-COALESCE_SECONDS = 0.020
+COALESCE_SECONDS = 0.050
 
 # Message types a console may send; anything else from a console is a
 # protocol error, while one of these at the wrong moment is a state error.
