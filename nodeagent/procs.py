@@ -70,11 +70,13 @@ def exit_text(returncode: int) -> str:
 
 
 class Readers(Protocol):
-    """Where readable-descriptor callbacks are registered: the event loop itself, or an ``FdWatcher``."""
+    """Where readable-descriptor callbacks are registered (``FdWatcher``)."""
 
     def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
 
     def remove_reader(self, fd: int) -> bool: ...
+
+    def forget(self, fd: int) -> None: ...
 
 
 class FdWatcher:
@@ -110,6 +112,15 @@ class FdWatcher:
         self._epoll.unregister(fd)
         return True
 
+    def forget(self, fd: int) -> None:
+        """Stop calling back for ``fd``, which the caller closes right away:
+        closing a descriptor takes it out of the epoll set (nothing else
+        holds these), so no system call is spent on it."""
+        if self._epoll is None:
+            self._loop.remove_reader(fd)
+        else:
+            self._callbacks.pop(fd, None)
+
     def _ready(self) -> None:
         assert self._epoll is not None
         callbacks = self._callbacks
@@ -141,14 +152,15 @@ def watch_exit(
     except (AttributeError, OSError):
         _poll_exit(loop, pid, callback)
         return
-    watch = readers if readers is not None else loop
-
     def on_readable() -> None:
-        watch.remove_reader(pidfd)
+        if readers is None:
+            loop.remove_reader(pidfd)
+        else:
+            readers.forget(pidfd)
         os.close(pidfd)
         callback()
 
-    watch.add_reader(pidfd, on_readable)
+    (loop if readers is None else readers).add_reader(pidfd, on_readable)
 
 
 def _poll_exit(loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None]) -> None:

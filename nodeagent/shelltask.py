@@ -23,11 +23,6 @@ from engine.protocol import (
 from nodeagent.procs import GroupReaper, Readers, kill_group, killed_text, watch_exit
 
 SHELL_READ_BYTES = 65536
-# A task's pipes are watched for output only once it has run this long: a
-# short task's output is read in one go when it exits, which spares the four
-# watch and unwatch calls a task would cost otherwise. What a task writes
-# meanwhile waits in the pipe (64 KiB; a chattier task pauses until then).
-PIPE_WATCH_AFTER_SECONDS = 0.01
 MAX_PROGRESS_LINE = 4096
 
 
@@ -60,8 +55,6 @@ class ShellRun:
         self._pipes: dict[int, str] = {}  # fd -> stream name, open ones
         self._progress = ProgressFilter()
         self._timer: asyncio.TimerHandle | None = None
-        self._pipe_timer: asyncio.TimerHandle | None = None
-        self._pipes_watched = False
         self.started = 0.0
 
     def start(self) -> str:
@@ -88,12 +81,6 @@ class ShellRun:
             self._readers.add_reader(fd, self._read, fd)
         watch_exit(self._loop, self.pid, self._exited, self._readers)
         return ""
-
-    def _watch_pipes(self) -> None:
-        self._pipe_timer = None
-        self._pipes_watched = True
-        for fd in self._pipes:
-            self._readers.add_reader(fd, self._read, fd)
 
     def arm_timeout(self, seconds: float, expired: Callable[[], None]) -> None:
         """Call ``expired`` after ``seconds`` unless the process ended first."""
@@ -130,14 +117,11 @@ class ShellRun:
                 self._on_progress(*piece)
 
     def _close_fd(self, fd: int) -> None:
-        if self._pipes_watched:
-            self._readers.remove_reader(fd)
+        self._readers.forget(fd)
         del self._pipes[fd]
         os.close(fd)
 
     def _exited(self) -> None:
-        if self._pipe_timer is not None:
-            self._pipe_timer.cancel()
         # Everything the process wrote is in the pipes by now; read it before
         # the kill below, which also ends background children holding them.
         for fd in list(self._pipes):

@@ -178,8 +178,7 @@ async def test_shell_task_inherits_only_stdin_stdout_and_stderr(make: Any) -> No
 
 
 async def test_shell_task_writing_more_than_a_pipe_holds_at_once_still_finishes(make: Any) -> None:
-    # Its pipes are only watched after a few milliseconds: a fast writer
-    # fills them first and waits, then streams on.
+    # A fast writer fills its pipes faster than one read empties them.
     executor, rec = await make()
     executor.submit(OWNER, [sh("flood", "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo end >&2")])
     result = await rec.result("flood")
