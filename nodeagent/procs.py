@@ -74,8 +74,6 @@ class Readers(Protocol):
 
     def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
 
-    def remove_reader(self, fd: int) -> bool: ...
-
     def forget(self, fd: int) -> None: ...
 
 
@@ -84,10 +82,10 @@ class FdWatcher:
     pipes, pidfds), through an epoll of its own that the event loop watches
     as one descriptor.
 
-    Adding or removing a descriptor is then one system call rather than a
-    trip through asyncio's selector bookkeeping (a few dozen Python calls),
-    and a shell task adds and removes three. Where there is no epoll it
-    hands everything to the loop.
+    Adding a descriptor is then one system call, and dropping it none,
+    rather than a trip each way through asyncio's selector bookkeeping (a
+    few dozen Python calls); a shell task adds and drops three. Where there
+    is no epoll it hands everything to the loop.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -103,14 +101,6 @@ class FdWatcher:
             return
         self._epoll.register(fd, select.EPOLLIN)
         self._callbacks[fd] = (callback, args)
-
-    def remove_reader(self, fd: int) -> bool:
-        if self._epoll is None:
-            return self._loop.remove_reader(fd)
-        if self._callbacks.pop(fd, None) is None:
-            return False
-        self._epoll.unregister(fd)
-        return True
 
     def forget(self, fd: int) -> None:
         """Stop calling back for ``fd``, which the caller closes right away:
