@@ -380,7 +380,13 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
 
     def queue_finished(self, result: TaskResult) -> None:
         self._finished.append(result)
-        self._schedule_flush(urgent=not self._hub.executor.holds_any(self.owner))
+        if self._hub.executor.holds_any(self.owner):
+            self._schedule_flush(urgent=False)
+        else:
+            # Its last task here: nothing more can join this write, so it
+            # goes now rather than a loop turn later (the round trip of a
+            # lone task is what a waiting user feels).
+            self._flush()
 
     def queue_heartbeat(self, heartbeat: Heartbeat) -> None:
         self._heartbeat = heartbeat
