@@ -343,7 +343,7 @@ class EngineCore:
         keep dying under it: a poison task fails instead of killing more.
 
         An attempt the node may have run counts against the task: all of them
-        the first time (agents hold reports back for a few milliseconds, so
+        the first time (agents hold reports back for up to 50 ms, so
         the engine cannot tell a task that just finished or still waited in
         the node's queue from one that ran). A suspect is then sent with
         ``report_start``, so the next time the verdict is exact: it counts
