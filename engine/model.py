@@ -144,8 +144,7 @@ class Job:
 
     @property
     def done(self) -> int:
-        counts = self.counts  # once per finished task: no generator
-        return counts[TaskStatus.SUCCEEDED] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED]
+        return sum(self.counts[s] for s in TERMINAL)
 
     def counts_by_label(self) -> dict[str, int]:
         return {status.label: count for status, count in self.counts.items()}

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
@@ -69,23 +69,15 @@ def exit_text(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-class Readers(Protocol):
-    """Where readable-descriptor callbacks are registered (``FdWatcher``)."""
-
-    def add_reader(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
-
-    def forget(self, fd: int) -> None: ...
-
-
 class FdWatcher:
     """Readable callbacks for the agent's many short-lived descriptors (task
     pipes, pidfds), through an epoll of its own that the event loop watches
     as one descriptor.
 
-    Adding a descriptor is then one system call, and dropping it none,
-    rather than a trip each way through asyncio's selector bookkeeping (a
-    few dozen Python calls); a shell task adds and drops three. Where there
-    is no epoll it hands everything to the loop.
+    Adding or removing a descriptor is then one system call rather than a
+    trip through asyncio's selector bookkeeping (a few dozen Python calls),
+    and a shell task adds and removes three. Where there is no epoll it
+    hands everything to the loop.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -102,14 +94,15 @@ class FdWatcher:
         self._epoll.register(fd, select.EPOLLIN)
         self._callbacks[fd] = (callback, args)
 
-    def forget(self, fd: int) -> None:
-        """Stop calling back for ``fd``, which the caller closes right away:
-        closing a descriptor takes it out of the epoll set (nothing else
-        holds these), so no system call is spent on it."""
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``; call it before closing ``fd``. (Closing alone
+        is not enough: the kernel may hold a pidfd's file open after the
+        close, and its stale watch would then fire for whichever new
+        descriptor reuses the number.)"""
         if self._epoll is None:
             self._loop.remove_reader(fd)
-        else:
-            self._callbacks.pop(fd, None)
+        elif self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
 
     def _ready(self) -> None:
         assert self._epoll is not None
@@ -129,7 +122,7 @@ class FdWatcher:
 
 
 def watch_exit(
-    loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None], readers: Readers | None = None
+    loop: asyncio.AbstractEventLoop, pid: int, callback: Callable[[], None], readers: FdWatcher | None = None
 ) -> None:
     """Call ``callback`` once when ``pid`` exits, WITHOUT reaping it.
 
@@ -146,7 +139,7 @@ def watch_exit(
         if readers is None:
             loop.remove_reader(pidfd)
         else:
-            readers.forget(pidfd)
+            readers.remove_reader(pidfd)
         os.close(pidfd)
         callback()
 

@@ -174,7 +174,7 @@ class SessionHub(ExecutorListener):
         session = self._sessions.get(owner)
         if session is not None:
             session.queue_started(attempt_id)
-            session.flush_now()
+            session.flush()
 
     def task_progress(self, owner: str, attempt_id: str, fraction: float | None, message: str) -> None:
         session = self._sessions.get(owner)
@@ -208,7 +208,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             Error: self._on_peer_error,
         }
         self._loop = asyncio.get_running_loop()
-        # Coalesced outgoing events, written by _flush.
+        # Coalesced outgoing events, written by flush.
         self._flush_scheduled = False  # a flush is due on the next loop turn
         self._flush_timer: asyncio.TimerHandle | None = None  # a coalescing flush is due later
         self._last_write = 0.0
@@ -386,7 +386,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             # Its last task here: nothing more can join this write, so it
             # goes now rather than a loop turn later (the round trip of a
             # lone task is what a waiting user feels).
-            self._flush()
+            self.flush()
 
     def queue_heartbeat(self, heartbeat: Heartbeat) -> None:
         self._heartbeat = heartbeat
@@ -402,15 +402,12 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
                 self._flush_timer.cancel()
                 self._flush_timer = None
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self.flush)
         elif self._flush_timer is None:
-            self._flush_timer = loop.call_at(due, self._flush)
+            self._flush_timer = loop.call_at(due, self.flush)
 
-    def flush_now(self) -> None:
-        """Write what is queued at once, not at the end of the loop turn."""
-        self._flush()
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued now (it is also what a scheduled flush runs)."""
         self._flush_scheduled = False
         if self._flush_timer is not None:
             self._flush_timer.cancel()

@@ -20,7 +20,7 @@ from engine.protocol import (
     TaskResult,
     TaskSpec,
 )
-from nodeagent.procs import GroupReaper, Readers, kill_group, killed_text, watch_exit
+from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, watch_exit
 
 SHELL_READ_BYTES = 65536
 MAX_PROGRESS_LINE = 4096
@@ -35,7 +35,7 @@ class ShellRun:
         self,
         spec: TaskSpec,
         loop: asyncio.AbstractEventLoop,
-        readers: Readers,
+        readers: FdWatcher,
         reaper: GroupReaper,
         *,
         on_output: Callable[[str, bytes], None],
@@ -117,7 +117,7 @@ class ShellRun:
                 self._on_progress(*piece)
 
     def _close_fd(self, fd: int) -> None:
-        self._readers.forget(fd)
+        self._readers.remove_reader(fd)
         del self._pipes[fd]
         os.close(fd)
 

@@ -187,6 +187,17 @@ async def test_shell_task_writing_more_than_a_pipe_holds_at_once_still_finishes(
     assert result.stdout.endswith(b"xxx\n") and result.stderr == b"end\n"
 
 
+async def test_many_short_shell_tasks_all_succeed(make: Any) -> None:
+    # Descriptors of finished tasks are reused at once by new ones: a watch
+    # left behind on an old pidfd would report a new task as exited and kill it.
+    executor, rec = await make(slots=4)
+    ids = [f"quick{i}" for i in range(1500)]
+    executor.submit(OWNER, [TaskSpec(id=i, kind="shell", argv=["true"]) for i in ids])
+    await rec.until(lambda: len(rec.results) == len(ids), timeout=60)
+    failed = [r for r in rec.results.values() if not r.ok]
+    assert failed == []
+
+
 async def test_program_found_on_path_is_found_again_after_it_moves(make: Any, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
