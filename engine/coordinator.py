@@ -28,7 +28,7 @@ from engine import events as ev
 from engine import inputs
 from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, UnknownHostKey, open_link
 from engine.model import TaskStatus
-from engine.protocol import (
+from nodeagent.protocol import (
     Ack,
     Cancel,
     Drain,

@@ -49,7 +49,7 @@ from engine.model import (
     attempt_id,
     parse_attempt_id,
 )
-from engine.protocol import (
+from nodeagent.protocol import (
     KIND_SHELL,
     OUTCOME_CANCELLED,
     OUTCOME_LOST,

@@ -24,7 +24,7 @@ from typing import Literal
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from engine.protocol import MDNS_SERVICE_TYPE
+from nodeagent.protocol import MDNS_SERVICE_TYPE
 
 log = logging.getLogger("shoal.discovery")
 
@@ -54,7 +54,7 @@ class DiscoveryEvent:
 
 
 class MalformedRecord(ValueError):
-    """A TXT record that does not follow engine/protocol.py's layout."""
+    """A TXT record that does not follow nodeagent/protocol/'s layout."""
 
 
 def node_from_record(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.model import Job, TaskStatus
-from engine.protocol import Heartbeat, Hello, Output, Progress, TaskResult, TaskSpec
+from nodeagent.protocol import Heartbeat, Hello, Output, Progress, TaskResult, TaskSpec
 from engine.spec import JobSpec
 
 # --- events in ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``open_link`` connects with the console's key, checks the agent's host key
 against the pinned one BEFORE authenticating, opens the subsystem, says hello
 and returns an ``AgentLink`` once the agent has answered. The link moves
-``engine.protocol`` messages: ``send_many`` is one channel write for a whole
+``nodeagent.protocol`` messages: ``send_many`` is one channel write for a whole
 batch, ``recv_many`` hands over everything decoded so far in one await.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncssh
 
-from engine import protocol
-from engine.protocol import (
+from nodeagent import protocol
+from nodeagent.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ERR_PROTOCOL,
     PROTOCOL_VERSION,

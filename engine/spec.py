@@ -62,7 +62,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
+from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
 from engine.reducers import ReducerError, reducer_factory
 
 DEFAULT_RETRIES = 3
@@ -209,7 +209,7 @@ class JobSpec:
     """
 
     name: str
-    kind: str  # engine.protocol.KIND_*
+    kind: str  # nodeagent.protocol.KIND_*
     items: Sequence[Any]  # a range stays a range; anything else becomes a tuple
     argv_template: tuple[str, ...] | None = None
     shell_template: str | None = None
@@ -340,7 +340,7 @@ class JobSpec:
         return values
 
     def task_fields(self, index: int) -> dict[str, Any]:
-        """The kind-specific fields of ``engine.protocol.TaskSpec`` for item ``index``:
+        """The kind-specific fields of ``nodeagent.protocol.TaskSpec`` for item ``index``:
         ``TaskSpec(id=attempt_id, kind=spec.kind, **spec.task_fields(index))``."""
         fields_ = self._static.copy()
         if self._argv:

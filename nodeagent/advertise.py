@@ -17,7 +17,7 @@ import psutil
 from zeroconf import InterfaceChoice, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from engine.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
+from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 
 log = logging.getLogger("shoal.agent")
 
@@ -33,7 +33,7 @@ class Advertisement:
     addresses: list[str]  # the IPs a console should dial
 
     def txt(self) -> dict[str, str]:
-        """The TXT record; keys are documented in engine/protocol.py."""
+        """The TXT record; keys are documented in nodeagent/protocol/."""
         return {
             "v": str(PROTOCOL_VERSION),
             "id": self.agent_id,

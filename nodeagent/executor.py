@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from engine.protocol import (
+from nodeagent.protocol import (
     KIND_CALL,
     KIND_PICKLE,
     KIND_SHELL,

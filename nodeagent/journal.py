@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from engine.protocol import OUTCOME_LOST, TaskResult
+from nodeagent.protocol import OUTCOME_LOST, TaskResult
 
 log = logging.getLogger("shoal.agent.journal")
 

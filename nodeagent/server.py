@@ -27,8 +27,8 @@ from typing import NoReturn
 import asyncssh
 import platformdirs
 
-from engine import protocol
-from engine.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
+from nodeagent import protocol
+from nodeagent.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
 from nodeagent.advertise import Advertisement, Advertiser, addresses_to_advertise
 from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.journal import JournalInUse

@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 import psutil
 
-from engine.protocol import (
+from nodeagent.protocol import (
     ERR_PROTOCOL,
     ERR_STATE,
     ERR_VERSION,

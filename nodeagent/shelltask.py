@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.protocol import (
+from nodeagent.protocol import (
     OUTCOME_ERROR,
     OUTCOME_OK,
     SHELL_PROGRESS_PREFIX,

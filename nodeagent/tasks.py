@@ -6,7 +6,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from engine.protocol import OUTCOME_TIMEOUT, TaskResult, TaskSpec
+from nodeagent.protocol import OUTCOME_TIMEOUT, TaskResult, TaskSpec
 
 if TYPE_CHECKING:
     from nodeagent.workerpool import Slot

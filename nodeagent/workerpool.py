@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from engine.protocol import (
+from nodeagent.protocol import (
     KIND_CALL,
     KIND_SHELL,
     OUTCOME_CANCELLED,

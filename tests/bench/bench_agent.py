@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from engine.link import AgentLink, open_link  # noqa: E402
-from engine.protocol import KIND_CALL, Ack, Finished, Run, TaskSpec  # noqa: E402
+from nodeagent.protocol import KIND_CALL, Ack, Finished, Run, TaskSpec  # noqa: E402
 
 NOOP = "tests.bench.tasks:noop"
 

@@ -22,7 +22,7 @@ import asyncssh
 import pytest
 
 from engine.link import AgentLink, open_link
-from engine.protocol import KIND_SHELL, Ack, Finished, Message, Run, TaskResult, TaskSpec
+from nodeagent.protocol import KIND_SHELL, Ack, Finished, Message, Run, TaskResult, TaskSpec
 from nodeagent.server import Agent, AgentConfig
 
 REPO = Path(__file__).resolve().parents[2]

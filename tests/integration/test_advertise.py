@@ -8,7 +8,7 @@ import pytest
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from engine.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
+from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 from nodeagent.advertise import addresses_to_advertise, service_name
 
 pytestmark = pytest.mark.timeout(30)

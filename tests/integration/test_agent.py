@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from engine.link import KEX_ALGS, AgentRefused, LinkClosed, open_link
-from engine.protocol import (
+from nodeagent.protocol import (
     ERR_STATE,
     ERR_VERSION,
     KIND_CALL,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import engine.link as link_module
 import nodeagent.server as server_module
 from engine.link import AuthRefused, HostKeyMismatch, UnknownHostKey
-from engine.protocol import (
+from nodeagent.protocol import (
     ERR_FRAME_TOO_LARGE,
     ERR_PROTOCOL,
     ERR_STATE,

@@ -23,7 +23,7 @@ from engine.discovery import (
     node_from_record,
     parse_node_address,
 )
-from engine.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
+from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from engine import core as c
 from engine.model import IllegalTransition, Task, TaskStatus
-from engine.protocol import Heartbeat, Hello, TaskResult
+from nodeagent.protocol import Heartbeat, Hello, TaskResult
 from engine.spec import parse_job_text
 
 

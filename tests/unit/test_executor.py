@@ -16,7 +16,7 @@ import cloudpickle
 import psutil
 import pytest
 
-from engine.protocol import (
+from nodeagent.protocol import (
     OUTCOME_CANCELLED,
     OUTCOME_CRASHED,
     OUTCOME_ERROR,
@@ -503,7 +503,7 @@ AGENT_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from engine.protocol import TaskSpec
+    from nodeagent.protocol import TaskSpec
     from nodeagent.executor import Executor
 
     class Listener:

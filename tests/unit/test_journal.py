@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.protocol import OUTCOME_ERROR, OUTCOME_LOST, OUTCOME_OK, TaskResult
+from nodeagent.protocol import OUTCOME_ERROR, OUTCOME_LOST, OUTCOME_OK, TaskResult
 from nodeagent.journal import JOURNAL_FILE, LOST_ERROR, Journal, JournalInUse
 
 OWNER = "console-1"

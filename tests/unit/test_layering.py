@@ -1,5 +1,6 @@
-"""The engine and the agent know nothing of the UI (and the agent nothing of the engine but its protocol)."""
+"""The engine and the agent know nothing of the UI; the agent nothing of the engine; the protocol nothing of Shoal."""
 
+import ast
 import subprocess
 import sys
 
@@ -17,7 +18,24 @@ def test_engine_imports_no_ui():
     assert not {m for m in loaded if m.split(".")[0] in ("textual", "console")}
 
 
-def test_agent_imports_only_the_protocol_of_the_engine():
+def test_agent_imports_nothing_of_the_engine():
     loaded = imported_after(["nodeagent.server", "nodeagent.executor", "nodeagent.worker", "nodeagent.advertise"])
-    assert not {m for m in loaded if m.split(".")[0] in ("textual", "console")}
-    assert {m for m in loaded if m.startswith("engine.")} <= {"engine.protocol"}
+    assert not {m for m in loaded if m.split(".")[0] in ("textual", "console", "engine", "demos")}
+
+
+def test_protocol_is_a_leaf():
+    """nodeagent/protocol/ imports msgpack and the standard library, and of Shoal only itself."""
+    for path in (REPO / "nodeagent" / "protocol").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("engine", "console", "demos") and (
+                    top != "nodeagent" or name.startswith("nodeagent.protocol")
+                ), f"{path.name} imports {name}"

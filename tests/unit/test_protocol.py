@@ -1,4 +1,4 @@
-"""engine/protocol.py: every message survives the wire, and bad input is only
+"""nodeagent/protocol/: every message survives the wire, and bad input is only
 ever a ProtocolError (never another exception, never a silent pass)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.protocol import (
+from nodeagent.protocol import (
     SSH_CIPHERS,
     ERR_FRAME_TOO_LARGE,
     ERR_PROTOCOL,

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from engine.protocol import TaskSpec
+from nodeagent.protocol import TaskSpec
 from engine.reducers import make_reducer, shell_value
 from engine.spec import JobSpec, SpecError, load_job_file, parse_duration, parse_job_text
 

@@ -1,63 +1,19 @@
-"""The Shoal wire protocol: msgpack frames over the ``shoal`` SSH subsystem.
-
-Shared by the engine and the node agent; neither re-declares a field. The
-language-neutral spec is ``nodeagent/PROTOCOL.md``. This module imports only
-msgpack and the standard library.
+"""The Shoal wire messages: frozen dataclasses with hand-written field checks
+(decoding sits on the hot path).
 
 A frame is one msgpack map with a ``type`` string and the message's fields.
 Fields equal to their default are left out on the wire, so a no-op task's
 result costs a few bytes. Unknown fields are ignored (room to grow); unknown
-types, missing or mistyped fields, ext types and oversized frames are
-``ProtocolError``.
+types, missing or mistyped fields are ``ProtocolError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, cast
-
-import msgpack
+from typing import Any, ClassVar, cast
 
 PROTOCOL_VERSION = 1
-SUBSYSTEM = "shoal"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
-
-# SSH algorithms, offered by both sides (see PROTOCOL.md). Post-quantum hybrid
-# key exchange only; plain X25519 only when asked for, for older peers.
-# Nothing with SHA-1, NIST curves, CBC or finite-field DH. AES-GCM first: with
-# AES-NI it costs less per packet than chacha20-poly1305 in asyncssh.
-SSH_KEX_ALGS = ["mlkem768x25519-sha256"]
-SSH_COMPAT_KEX_ALGS = ["curve25519-sha256"]
-SSH_HOST_KEY_ALGS = ["ssh-ed25519"]
-SSH_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
-SSH_MACS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
-
-_SSH_MSG_IGNORE = 2
-_SSH_EMPTY_STRING = b"\0\0\0\0"
-
-
-def skip_cbc_countermeasure(conn: Any) -> None:
-    """Stop an asyncssh connection from sending an empty SSH_MSG_IGNORE
-    ahead of every packet once encryption is on.
-
-    That is a countermeasure for CBC modes (a predictable IV lets an attacker
-    test guesses), which SSH_CIPHERS exclude: with AEAD ciphers it only
-    doubles the packets, the encryptions and the socket writes of every frame
-    on both ends. Call it from ``connection_made``, before key exchange.
-    """
-    send_packet = conn.send_packet
-
-    def send_without_padding_ignore(pkttype: int, *args: bytes, **kwargs: Any) -> None:
-        if pkttype == _SSH_MSG_IGNORE and args == (_SSH_EMPTY_STRING,):
-            return
-        send_packet(pkttype, *args, **kwargs)
-
-    conn.send_packet = send_without_padding_ignore
-
-# Zeroconf advertisement. TXT keys: v (protocol version), id (agent id),
-# host (hostname), slots, labels ("k=v,k=v"), fp (host key SHA256
-# fingerprint, a hint only: trust comes from the pinned key, never from mDNS).
-MDNS_SERVICE_TYPE = "_shoal._tcp.local."
 
 # Task kinds carried by a run frame.
 KIND_SHELL = "shell"  # argv list or shell string, run as a subprocess
@@ -624,104 +580,3 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Error,
     )
 }
-
-
-# --- framing ------------------------------------------------------------------
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ProtocolError(f"msgpack ext type {code} is not allowed")
-
-
-def encode(message: Message) -> bytes:
-    """One message as one frame."""
-    return cast(bytes, msgpack.packb(message.to_wire(), use_bin_type=True))
-
-
-def encode_many(messages: list[Message]) -> bytes:
-    """Several frames in one write (frames are self-delimiting)."""
-    packer = msgpack.Packer(use_bin_type=True)
-    return b"".join(packer.pack(m.to_wire()) for m in messages)
-
-
-def decode_body(obj: Any) -> Message:
-    """A decoded msgpack object to a message, or ProtocolError."""
-    if not isinstance(obj, dict):
-        raise ProtocolError("a frame must be a map")
-    mtype = obj.get("type")
-    if not isinstance(mtype, str):
-        raise ProtocolError("a frame needs a 'type' string")
-    cls = MESSAGE_TYPES.get(mtype)
-    if cls is None:
-        raise ProtocolError(f"unknown message type {mtype!r}")
-    return cls.from_wire(obj)
-
-
-def decode(frame: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
-    """Exactly one frame to a message."""
-    if len(frame) > max_frame_bytes:
-        raise ProtocolError(f"frame larger than {max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE)
-    try:
-        obj = msgpack.unpackb(frame, strict_map_key=True, ext_hook=_no_ext, raw=False)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError(f"malformed frame: {exc}") from None
-    return decode_body(obj)
-
-
-class FrameDecoder:
-    """Streaming decoder: feed bytes as they arrive, get whole messages back.
-
-    The buffer is capped at ``max_frame_bytes``, so a peer cannot make the
-    receiver hold more than one oversized frame's worth of memory.
-    """
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=max_frame_bytes,
-            strict_map_key=True,
-            ext_hook=_no_ext,
-            raw=False,
-            use_list=True,
-        )
-        self._fed = 0
-
-    def feed(self, data: bytes) -> list[Message]:
-        messages: list[Message] = []
-        for obj in self.feed_raw(data):
-            messages.append(decode_body(obj))
-        return messages
-
-    def feed_raw(self, data: bytes) -> Iterator[Any]:
-        """Yield decoded msgpack objects; raise ProtocolError on a bad stream."""
-        view = memoryview(data)
-        start = 0
-        # Feed no more than the room left under the cap (the unpacker still
-        # holds the unfinished tail of the last frame): a large read of many
-        # small frames is legal, only a single frame over the cap is not.
-        while start < len(view) or not view:
-            room = self.max_frame_bytes - (self._fed - self._unpacker.tell())
-            if room <= 0:
-                raise ProtocolError(f"frame larger than {self.max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE)
-            chunk = view[start : start + room]
-            self._unpacker.feed(chunk)
-            self._fed += len(chunk)
-            start += len(chunk)
-            yield from self._drain()
-            if not view:
-                return
-
-    def _drain(self) -> Iterator[Any]:
-        unpacker = self._unpacker
-        while True:
-            try:
-                obj = unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            except ProtocolError:
-                raise
-            except Exception as exc:  # msgpack raises ValueError, TypeError, FormatError, ...
-                raise ProtocolError(f"malformed frame: {exc}") from None
-            yield obj
