@@ -22,11 +22,14 @@ from engine import events as ev
 from engine import inputs
 from engine.control import SOCKET_NAME, ControlServer
 from engine.coordinator import Coordinator, engine_lock
+from engine.interface import EngineAPI, EngineError, Subscription
 from engine.paths import config_dir as default_config_dir
 from engine.paths import state_dir as default_state_dir
 from engine.spec import JobSpec
 from engine.store import Store
 from engine.trust import KnownHosts, display_endpoint, load_or_create_console_key
+
+__all__ = ["Cluster", "Engine", "EngineAPI", "EngineError", "Subscription", "spec_for"]
 
 log = logging.getLogger("shoal.engine")
 
