@@ -30,8 +30,10 @@ import platformdirs
 from nodeagent import protocol
 from nodeagent.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
 from nodeagent.advertise import Advertisement, Advertiser, addresses_to_advertise
+from nodeagent.consolekeys import ConsoleKeys
 from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.journal import JournalInUse
+from nodeagent.privatefiles import UnsafeFile, check_strict_modes, write_private
 from nodeagent.session import AgentIdentity, ConsoleSession, SessionHub
 
 log = logging.getLogger("shoal.agent")
@@ -57,6 +59,11 @@ MAX_PENDING_HANDSHAKES = 64
 # Large SSH packets mean fewer crypto calls per megabyte of frames.
 MAX_PACKET_SIZE = 256 * 1024
 WINDOW_SIZE = 8 * 1024 * 1024
+
+# Refused connections are logged once per source and then summarised per
+# window, so a flood of bad handshakes costs a few lines, not one each.
+REFUSAL_WINDOW_SECONDS = 10.0
+REFUSAL_SOURCES_NAMED = 32  # per window; more sources share one summary line
 
 HOST_KEY_FILE = "host_key"
 AGENT_ID_FILE = "agent_id"
@@ -88,6 +95,7 @@ class AgentConfig:
     mdns_interfaces: list[str] | None = None  # None: every interface
     advertise: bool = True
     allow_pickle: bool = False
+    pass_env: tuple[str, ...] = ()  # the agent's variables tasks also get (--pass-env)
     grace: float = 5.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     compat_kex: bool = False
@@ -127,8 +135,30 @@ def _agent_id_arg(text: str) -> str:
     return text
 
 
+def _env_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise UsageError(f"--pass-env {text!r}: expected an environment variable name")
+    return text
+
+
+AGENT_DESCRIPTION = """\
+Run a Shoal node agent: an SSH server that runs tasks for the consoles whose
+public keys are in the authorized-keys file.
+
+Security: an authorized key can run any program, and any Python code, as the
+user this agent runs as, exactly like an SSH login (a "call" task imports and
+calls any function; --allow-pickle only adds pickled callables, it is not a
+boundary). Give only keys you would give a shell. Tasks get a minimal
+environment (PATH, HOME, LANG, TMPDIR, SHOAL_JOB, SHOAL_TASK, SHOAL_ATTEMPT,
+SHOAL_NODE, the job's env, and what --pass-env names) and a directory of their
+own, but they run as this user and can read what this user can read,
+including the agent's host key."""
+
+
 def parse_args(argv: list[str]) -> AgentConfig:
-    parser = _Parser(prog="shoal agent", description="Run a Shoal node agent (an SSH server).")
+    parser = _Parser(
+        prog="shoal agent", description=AGENT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT")
     parser.add_argument("--authorized-keys", type=Path, metavar="FILE")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N")
@@ -136,7 +166,19 @@ def parse_args(argv: list[str]) -> AgentConfig:
     parser.add_argument("--state-dir", type=Path, metavar="DIR")
     parser.add_argument("--mdns-interface", action="append", metavar="IP", dest="mdns_interfaces")
     parser.add_argument("--no-advertise", action="store_true")
-    parser.add_argument("--allow-pickle", action="store_true")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also run cloudpickled callables (an authorized key can run code as this user with or without it)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        type=_env_name,
+        help="give tasks this variable of the agent's environment too, e.g. CUDA_VISIBLE_DEVICES (repeatable)",
+    )
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="N")
     parser.add_argument("--compat-kex", action="store_true")
@@ -168,6 +210,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
         mdns_interfaces=args.mdns_interfaces,
         advertise=not args.no_advertise,
         allow_pickle=args.allow_pickle,
+        pass_env=tuple(dict.fromkeys(args.pass_env)),
         grace=args.grace,
         max_frame_bytes=args.max_frame_bytes,
         compat_kex=args.compat_kex,
@@ -176,17 +219,6 @@ def parse_args(argv: list[str]) -> AgentConfig:
 
 
 # --- persistent identity -----------------------------------------------------------
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` readable by its owner only, atomically (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
 
 
 def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
@@ -200,7 +232,7 @@ def load_or_create_host_key(state_dir: Path) -> asyncssh.SSHKey:
             raise UsageError(f"host key {path}: expected ssh-ed25519, found {key.algorithm.decode()}")
         return key
     key = asyncssh.generate_private_key("ssh-ed25519")
-    _write_private(path, key.export_private_key())
+    write_private(path, key.export_private_key())
     return key
 
 
@@ -210,28 +242,39 @@ def load_or_create_agent_id(state_dir: Path) -> str:
         return path.read_text().strip()
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "agent"
     agent_id = f"{host[:40]}-{uuid.uuid4().hex[:8]}"
-    _write_private(path, agent_id.encode() + b"\n")
+    write_private(path, agent_id.encode() + b"\n")
     return agent_id
 
 
 class AuthorizedKeys:
     """The authorized-keys file, re-read when it changes, so a console's key
-    can be added without restarting the agent."""
+    can be added without restarting the agent.
+
+    The file must be safe (``check_strict_modes``): at start an unsafe one is
+    a usage error; a reload that finds it unsafe, or unreadable, keeps the
+    keys read before and logs an alert.
+    """
 
     _KEY_TYPE = re.compile(r"(ssh-|ecdsa-|sk-)\S+")
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._mtime_ns = self._stat()
+        self._seen = self._stat()
         self._keys = self._load()
 
-    def _stat(self) -> int:
+    def _stat(self) -> tuple[int, int, int, int]:
+        # ctime too: a chmod that makes the file unsafe is a change to look at.
         try:
-            return self._path.stat().st_mtime_ns
+            st = self._path.stat()
         except OSError as exc:
             raise UsageError(f"authorized keys {self._path}: {exc.strerror}") from None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def _load(self) -> asyncssh.SSHAuthorizedKeys:
+        try:
+            check_strict_modes(self._path)
+        except UnsafeFile as exc:
+            raise UsageError(f"authorized keys {self._path} refused: {exc}") from None
         try:
             text = self._path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
@@ -263,14 +306,86 @@ class AuthorizedKeys:
 
     def current(self) -> asyncssh.SSHAuthorizedKeys:
         try:
-            mtime_ns = self._stat()
-            if mtime_ns != self._mtime_ns:
+            seen = self._stat()
+            if seen != self._seen:
+                self._seen = seen
                 self._keys = self._load()
-                self._mtime_ns = mtime_ns
                 log.info("re-read authorized keys %s", self._path)
         except UsageError as exc:
-            log.warning("%s; keeping the keys read before", exc)
+            log.error("ALERT: %s; keeping the keys read before", exc)
         return self._keys
+
+    def allows(self, key: asyncssh.SSHKey, peer_address: str) -> bool:
+        """Whether ``key`` may log in from ``peer_address`` (``from=`` options apply)."""
+        return self.current().validate(key, peer_address, peer_address) is not None
+
+
+# --- refused connections --------------------------------------------------------------
+
+
+class RefusalLog:
+    """Logs refused connections as a few lines rather than one each.
+
+    The first refusal from an address is logged at once; later ones are
+    counted and summarised when the window closes ("N connections refused
+    from ADDR in the last 10 s"). An address still refused in the next window
+    gets only its summary line; past ``max_sources`` addresses per window the
+    rest share one line. So a flood costs at most ``max_sources + 1`` lines
+    per window, however many addresses and connections it uses.
+    """
+
+    def __init__(self, window: float = REFUSAL_WINDOW_SECONDS, max_sources: int = REFUSAL_SOURCES_NAMED) -> None:
+        self._window = window
+        self._max_sources = max_sources
+        self._counts: dict[str, int] = {}  # source -> refusals not logged yet
+        self._others = 0  # refusals from sources past max_sources
+        self._other_sources: set[str] = set()
+        self._window_start = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, source: str, why: str) -> None:
+        count = self._counts.get(source)
+        if count is not None:
+            self._counts[source] = count + 1
+        elif len(self._counts) < self._max_sources:
+            self._counts[source] = 0
+            log.warning(
+                "refused connection from %s (%s); further refusals from it are summarised every %g s",
+                source, why, self._window,
+            )  # fmt: skip
+        else:
+            self._others += 1
+            if len(self._other_sources) < 65536:
+                self._other_sources.add(source)
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._window_start = loop.time()
+            self._timer = loop.call_later(self._window, self.summarise)
+
+    def summarise(self) -> None:
+        """Log what was counted and start a new window (also called at stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        seconds = max(1, round(min(self._window, asyncio.get_running_loop().time() - self._window_start)))
+        for source, count in self._counts.items():
+            if count:
+                log.warning("%d connections refused from %s in the last %d s", count, source, seconds)
+        if self._others:
+            log.warning(
+                "%d connections refused from %d other addresses in the last %d s",
+                self._others, len(self._other_sources), seconds,
+            )  # fmt: skip
+        # An address still refused stays known: the next window gives it its
+        # summary line only. One quiet for a whole window is forgotten.
+        active = [source for source, count in self._counts.items() if count]
+        self._counts = dict.fromkeys(active, 0)
+        self._others = 0
+        self._other_sources.clear()
+        if active:
+            loop = asyncio.get_running_loop()
+            self._window_start = loop.time()
+            self._timer = loop.call_later(self._window, self.summarise)
 
 
 # --- connection admission ----------------------------------------------------------
@@ -350,21 +465,40 @@ class ConnectionGate:
             del self._buckets[source]
 
 
+class _ShoalChannel(asyncssh.SSHServerChannel[bytes]):
+    """A session channel that refuses what the ``shoal`` subsystem has no use
+    for. asyncssh answers ``env`` and ``signal`` requests with success even
+    when nothing acts on them (and ``window-change`` without a PTY); a
+    refusal says the truth, as for every other request."""
+
+    def _process_env_request(self, packet: asyncssh.packet.SSHPacket) -> bool:
+        return False
+
+    def _process_signal_request(self, packet: asyncssh.packet.SSHPacket) -> bool:
+        return False
+
+    def _process_window_change_request(self, packet: asyncssh.packet.SSHPacket) -> bool:
+        return False
+
+
 class _SSHConnection(asyncssh.SSHServer):
     """One TCP connection: admission, auth, and which channels it may open."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._source = "?"
         self._channels = 0
+        self._offered_key: asyncssh.SSHKey | None = None
+        self._principal = ""  # fingerprint of the key that authenticated
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         protocol.skip_cbc_countermeasure(conn)
         peer = conn.get_extra_info("peername")
-        source = str(peer[0]) if peer else "?"
+        self._source = source = str(peer[0]) if peer else "?"
         if not self._agent.gate.admit(conn, source):
-            log.info("refused connection from %s (rate or connection limit)", source)
+            self._agent.refusals.refused(source, "rate or connection limit")
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -372,19 +506,34 @@ class _SSHConnection(asyncssh.SSHServer):
             self._agent.gate.closed(self._conn)
 
     def begin_auth(self, username: str) -> bool:
-        assert self._conn is not None
-        self._conn.set_authorized_keys(self._agent.authorized_keys.current())
+        return True
+
+    # Keys are checked here rather than handed to asyncssh, so that the
+    # connection knows WHICH key logged in: a console id is bound to it.
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if not self._agent.authorized_keys.allows(key, self._source):
+            return False
+        # asyncssh checks the signature after this returns, with no await in
+        # between: the key that authenticates is the last one accepted here.
+        self._offered_key = key
         return True
 
     def auth_completed(self) -> None:
-        assert self._conn is not None
+        assert self._conn is not None and self._offered_key is not None
+        self._principal = self._offered_key.get_fingerprint("sha256")
         self._agent.gate.authenticated(self._conn)
 
-    def session_requested(self) -> ConsoleSession | bool:
+    def session_requested(self) -> tuple[asyncssh.SSHServerChannel[bytes], ConsoleSession] | bool:
         if self._channels >= MAX_CHANNELS_PER_CONNECTION:
             return False
+        assert self._conn is not None
         self._channels += 1
-        return ConsoleSession(self._agent.hub, on_close=self._channel_closed)
+        chan = self._conn.create_server_channel(encoding=None, window=WINDOW_SIZE, max_pktsize=MAX_PACKET_SIZE)
+        chan.__class__ = _ShoalChannel  # the same object, with the refusals above
+        return chan, ConsoleSession(self._agent.hub, on_close=self._channel_closed, principal=self._principal)
 
     def _channel_closed(self) -> None:
         self._channels -= 1
@@ -400,6 +549,11 @@ class Agent:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.authorized_keys = AuthorizedKeys(config.authorized_keys)
+        self.refusals = RefusalLog()
+        try:
+            console_keys = ConsoleKeys(config.state_dir)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         self.host_key = load_or_create_host_key(config.state_dir)
         self.agent_id = config.agent_id or load_or_create_agent_id(config.state_dir)
         self.gate = ConnectionGate()
@@ -411,7 +565,9 @@ class Agent:
             capabilities=capabilities,
             software=software_version(),
         )
-        self.hub = SessionHub(identity, self._make_executor, max_frame_bytes=config.max_frame_bytes)
+        self.hub = SessionHub(
+            identity, self._make_executor, max_frame_bytes=config.max_frame_bytes, console_keys=console_keys
+        )
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._advertiser: Advertiser | None = None
         self.port = 0
@@ -486,6 +642,7 @@ class Agent:
         """Stop accepting, let running tasks finish within the grace, close."""
         if self._acceptor is not None:
             self._acceptor.close()
+        self.refusals.summarise()
         if self._advertiser is not None:
             await self._advertiser.stop()
             self._advertiser = None

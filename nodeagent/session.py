@@ -49,6 +49,7 @@ from nodeagent.protocol import (
     decode_body,
     encode,
 )
+from nodeagent.consolekeys import ConsoleKeys
 from nodeagent.executor import Executor, ExecutorListener
 
 log = logging.getLogger("shoal.agent")
@@ -111,15 +112,21 @@ class SessionHub(ExecutorListener):
         make_executor: Callable[[ExecutorListener], Executor],
         *,
         max_frame_bytes: int,
+        console_keys: ConsoleKeys | None = None,
     ) -> None:
         self.identity = identity
         self.max_frame_bytes = max_frame_bytes
+        self._console_keys = console_keys if console_keys is not None else ConsoleKeys(None)
         self.executor = make_executor(self)
         self._sessions: dict[str, ConsoleSession] = {}
         self._sampler = LoadSampler()
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     # --- sessions ----------------------------------------------------------
+
+    def claim(self, console_id: str, principal: str) -> bool:
+        """Whether the key ``principal`` may speak as ``console_id`` (the first key to claim an id owns it)."""
+        return self._console_keys.claim(console_id, principal)
 
     def attach(self, session: ConsoleSession) -> None:
         """Make ``session`` the live one of its console, replacing an older one."""
@@ -195,8 +202,9 @@ class SessionHub(ExecutorListener):
 class ConsoleSession(asyncssh.SSHServerSession[bytes]):
     """One ``shoal`` subsystem channel from one console."""
 
-    def __init__(self, hub: SessionHub, on_close: Callable[[], None]) -> None:
+    def __init__(self, hub: SessionHub, on_close: Callable[[], None], principal: str = "") -> None:
         self._hub = hub
+        self._principal = principal  # fingerprint of the SSH key that opened this channel
         self._on_close = on_close
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._decoder = FrameDecoder(hub.max_frame_bytes)
@@ -293,6 +301,8 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             )
         if not hello.id:
             raise ProtocolError("hello: field 'id' is empty")
+        if not self._hub.claim(hello.id, self._principal):
+            raise ProtocolError(f"hello: console id {hello.id!r} belongs to another key")
         self.owner = hello.id
         self._handlers = {
             Run: self._on_run,

@@ -1,0 +1,185 @@
+"""Attacks from issue 12, each through the real path: a real agent on a real
+socket, a real engine, real tasks. Each test fails on the code before the fix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+
+import asyncssh
+import pytest
+from asyncssh.packet import String, UInt32
+
+from engine.link import AgentRefused
+from nodeagent.consolekeys import CONSOLE_KEYS_FILE
+from nodeagent.protocol import ERR_PROTOCOL, SUBSYSTEM, FrameDecoder, Hello, Message
+from nodeagent.server import main
+from tests.integration.conftest import shell
+from tests.integration.test_agent_security import console_hello, ssh
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# --- StrictModes on the authorized-keys file ------------------------------------------
+
+
+def _agent_argv(keys: Path, state: Path) -> list[str]:
+    return ["--authorized-keys", str(keys), "--state-dir", str(state), "--listen", "127.0.0.1:0", "--no-advertise"]
+
+
+@pytest.mark.parametrize(
+    "unsafe, culprit",
+    [
+        (lambda keys: keys.chmod(0o666), "file"),
+        (lambda keys: keys.chmod(0o620), "file"),
+        (lambda keys: keys.parent.chmod(0o777), "directory"),
+        (lambda keys: keys.parent.parent.chmod(0o775), "directory"),
+    ],
+    ids=["world-writable-file", "group-writable-file", "world-writable-dir", "group-writable-grandparent"],
+)
+def test_unsafe_authorized_keys_refused_at_start(tmp_path, capsys, unsafe, culprit):
+    home = tmp_path / "home"
+    (home / "ssh").mkdir(parents=True, mode=0o700)
+    home.chmod(0o755)
+    keys = home / "ssh" / "authorized_keys"
+    keys.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_public_key())
+    keys.chmod(0o600)
+    unsafe(keys)
+    try:
+        assert main(_agent_argv(keys, tmp_path / "state")) == 2
+    finally:
+        keys.parent.chmod(0o700)
+        home.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"bad modes of {culprit}" in err and "chmod go-w" in err and str(keys) in err
+
+
+def test_keys_in_a_sticky_world_writable_dir_are_accepted(tmp_path):
+    """/tmp-like dirs are fine: only the owner of an entry may replace it."""
+    from nodeagent.privatefiles import check_strict_modes
+
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    keys = sticky / "keys"
+    keys.write_text("x\n")
+    check_strict_modes(keys)
+
+
+async def test_reload_of_unsafe_keys_keeps_the_old_keys_and_alerts(agent, authorized_keys, caplog):
+    caplog.set_level(logging.INFO, logger="shoal.agent")
+    newcomer = asyncssh.generate_private_key("ssh-ed25519")
+    with authorized_keys.open("ab") as file:
+        file.write(newcomer.export_public_key())
+    authorized_keys.chmod(0o666)  # someone else could have written that line
+    later = authorized_keys.stat().st_mtime_ns + 1_000_000_000
+    os.utime(authorized_keys, ns=(later, later))
+    with pytest.raises(Exception, match="does not accept"):
+        await agent.link("newcomer", client_key=newcomer)
+    old = await agent.link()  # the key read at start still works
+    assert old.hello is not None
+    old.close()
+    alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
+    assert alerts and "keeping the keys read before" in alerts[0] and "chmod go-w" in alerts[0]
+    # Fixed modes: the next login re-reads the file and the newcomer gets in.
+    authorized_keys.chmod(0o600)
+    link = await agent.link("newcomer", client_key=newcomer)
+    assert link.hello is not None
+    link.close()
+
+
+# --- a console id belongs to the key that created it --------------------------------------
+
+
+async def test_console_id_is_bound_to_the_key_that_created_it(start_agent, authorized_keys):
+    intruder = asyncssh.generate_private_key("ssh-ed25519")
+    with authorized_keys.open("ab") as file:
+        file.write(intruder.export_public_key())
+    agent = await start_agent(name="bound")
+    victim = await agent.console("victim")
+    task = shell("sleep 0.3; echo mine")
+    victim.run(task)
+    with pytest.raises(AgentRefused) as caught:
+        await agent.link("victim", client_key=intruder)
+    assert caught.value.code == ERR_PROTOCOL and "belongs to another key" in str(caught.value)
+    # The victim's session was not replaced: its result still reaches it.
+    result = (await victim.results([task.id]))[task.id]
+    assert result.ok and result.stdout == b"mine\n" and not victim.link.closed
+    # The intruder's own id works, and the binding outlives an agent restart.
+    own = await agent.link("intruder", client_key=intruder)
+    own.close()
+    await agent.stop()
+    assert stat.S_IMODE((agent.agent.config.state_dir / CONSOLE_KEYS_FILE).stat().st_mode) == 0o600
+    again = await start_agent(name="bound")
+    with pytest.raises(AgentRefused):
+        await again.link("victim", client_key=intruder)
+    link = await again.link("victim")
+    link.close()
+
+
+# --- channel requests -------------------------------------------------------------------
+
+
+async def test_env_signal_and_window_change_requests_are_refused(agent):
+    async with ssh(agent) as conn:
+        writer, reader, _ = await conn.open_session(subsystem=SUBSYSTEM, encoding=None)
+        chan = writer.channel
+        # asyncssh's client does not report these answers, so ask at the packet level.
+        assert not await chan._make_request(b"env", String(b"LD_PRELOAD"), String(b"/tmp/evil.so"))
+        assert not await chan._make_request(b"signal", String(b"KILL"))
+        assert not await chan._make_request(b"window-change", UInt32(80), UInt32(24), UInt32(0), UInt32(0))
+        # The refusals leave a working channel.
+        writer.write(console_hello(console_id="after-refusals"))
+        decoder = FrameDecoder()
+        replies: list[Message] = []
+        while not replies:
+            replies = decoder.feed(await asyncio.wait_for(reader.read(65536), 10))
+        assert isinstance(replies[0], Hello) and replies[0].role == "agent"
+        chan.close()
+
+
+# --- refused connections are summarised, not logged one by one --------------------------------
+
+
+async def test_connection_flood_is_logged_as_a_few_summary_lines(agent, caplog):
+    caplog.set_level(logging.INFO)
+    sources = [f"127.0.0.{i}" for i in range(2, 8)]
+    refused: dict[str, int] = dict.fromkeys(sources, 0)
+
+    async def garbage(source: str) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", agent.port, local_addr=(source, 0))
+        except OSError:
+            return
+        try:
+            writer.write(b"GET / HTTP/1.0\r\n\r\n" * 4)
+            banner = await asyncio.wait_for(reader.read(), 10)
+        except (OSError, asyncio.TimeoutError):
+            banner = b""
+        finally:
+            writer.close()
+        if not banner.startswith(b"SSH-"):
+            refused[source] += 1  # aborted before the SSH banner: the gate refused it
+
+    for _ in range(6):
+        await asyncio.gather(*(garbage(source) for source in sources for _ in range(100)))
+    agent.agent.refusals.summarise()
+    assert sum(refused.values()) > 2000, refused
+
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) <= 2 * len(sources), lines[:20]
+    assert sum(len(line) + 40 for line in lines) < 4096  # with a timestamp and logger name each
+    for source in sources:
+        first = sum(1 for line in lines if line.startswith(f"refused connection from {source} "))
+        summed = [
+            int(m.group(1))
+            for line in lines
+            if (m := re.fullmatch(rf"(\d+) connections refused from {re.escape(source)} in the last \d+ s", line))
+        ]
+        assert first == 1 and first + sum(summed) == refused[source], (source, lines)
