@@ -322,7 +322,9 @@ def _parse_progress(rest: bytes) -> tuple[float | None, str]:
     text = rest.decode("utf-8", "replace").strip()
     number, _, message = text.partition(" ")
     try:
-        fraction: float | None = min(1.0, max(0.0, float(number)))
+        value = float(number)
     except ValueError:
         return None, text
+    # The wire takes 0.0 .. 1.0 only: clamp, and "nan" means unknown.
+    fraction = min(1.0, max(0.0, value)) if value == value else None
     return fraction, message.strip()

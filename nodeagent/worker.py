@@ -366,7 +366,12 @@ def progress(fraction: float | None, message: str = "") -> None:
     worker = _active
     if worker is None:
         return
-    worker.report_progress(None if fraction is None else float(fraction), str(message))
+    value = None if fraction is None else float(fraction)
+    if value is not None and value == value:  # not NaN: the wire takes 0.0 .. 1.0 only
+        value = min(1.0, max(0.0, value))
+    else:
+        value = None
+    worker.report_progress(value, str(message))
 
 
 def main() -> None:

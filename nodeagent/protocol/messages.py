@@ -101,6 +101,58 @@ def _str_map(body: dict[str, Any], name: str, mtype: str) -> dict[str, str] | No
 
 _NUMBER = (int, float)
 
+# What each numeric field may hold. Every number from the wire is checked
+# against its range (the comparison also refuses NaN, which fails every
+# comparison, and infinities), on both sides: a NaN timeout would kill a task
+# at once and upset the agent's timer queue; a NaN time would poison a
+# console's statistics.
+MAX_TIMESTAMP = 1e11  # seconds since the epoch, year 5138
+MAX_TIMEOUT = 1e9  # seconds, about 31 years
+MAX_SLOTS = 1 << 20
+MAX_COUNT = 1 << 62  # counters: tasks queued, protocol version
+MAX_EXIT_CODE = (1 << 32) - 1  # wider than POSIX's 0..255, for other platforms
+MIN_EXIT_CODE = -(1 << 31)
+MAX_SIGNAL = 1024
+MAX_LOAD = 1e9
+MAX_PERCENT = 100.0
+
+
+def _in_range(value: Any, lo: float, hi: float, name: str, mtype: str) -> Any:
+    """``value``, if a real number (not a bool) within ``lo``..``hi``."""
+    if value.__class__ is bool or not isinstance(value, _NUMBER):
+        raise ProtocolError(f"{mtype}: field {name!r} has the wrong type")
+    if not lo <= value <= hi:  # NaN fails every comparison: it lands here too
+        raise ProtocolError(f"{mtype}: field {name!r} must be within {lo:g}..{hi:g}, got {value!r}")
+    return value
+
+
+def _int_field(
+    body: dict[str, Any], name: str, lo: int, hi: int, mtype: str, default: Any = KeyError
+) -> Any:
+    value = body.get(name, default)
+    if value.__class__ is int and lo <= value <= hi:  # the common case first: decode is on the hot path
+        return value
+    if value is KeyError:
+        raise ProtocolError(f"{mtype}: missing field {name!r}")
+    if value is default:
+        return value
+    if value.__class__ is not int:  # msgpack decodes integers as exact ints; a bool is not one
+        raise ProtocolError(f"{mtype}: field {name!r} has the wrong type")
+    raise ProtocolError(f"{mtype}: field {name!r} must be within {lo}..{hi}, got {value}")
+
+
+def _float_field(
+    body: dict[str, Any], name: str, lo: float, hi: float, mtype: str, default: Any = KeyError
+) -> Any:
+    value = body.get(name, default)
+    if value.__class__ is float and lo <= value <= hi:
+        return value
+    if value is KeyError:
+        raise ProtocolError(f"{mtype}: missing field {name!r}")
+    if value is default:
+        return value
+    return float(_in_range(value, lo, hi, name, mtype))
+
 
 # --- messages -----------------------------------------------------------------
 
@@ -170,11 +222,11 @@ class Hello(Message):
         if not isinstance(holding, list) or not all(isinstance(c, str) for c in holding):
             raise ProtocolError("hello: field 'holding' must hold strings")
         return cls(
-            version=_need(body, "version", int, t),
+            version=_int_field(body, "version", 0, MAX_COUNT, t),
             role=role,
             id=_need(body, "id", str, t),
             hostname=_opt(body, "hostname", str, t, ""),
-            slots=_opt(body, "slots", int, t, 0),
+            slots=_int_field(body, "slots", 0, MAX_SLOTS, t, 0),
             labels=_str_map(body, "labels", t) or {},
             capabilities=caps,
             drained=_opt(body, "drained", bool, t, False),
@@ -255,8 +307,8 @@ class TaskSpec:
             kwargs=_opt(body, "kwargs", dict, t, None) or {},
             env=_str_map(body, "env", t),
             cwd=_opt(body, "cwd", str, t),
-            timeout=_opt(body, "timeout", _NUMBER, t),
-            slots=_opt(body, "slots", int, t, 1),
+            timeout=_float_field(body, "timeout", 0.0, MAX_TIMEOUT, t, None),
+            slots=_int_field(body, "slots", 1, MAX_SLOTS, t, 1),
             report_start=_opt(body, "report_start", bool, t, False),
         )
         if kind == KIND_SHELL and (spec.argv is None) == (spec.shell is None):
@@ -387,7 +439,7 @@ class Progress(Message):
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> Progress:
         t = cls.TYPE
-        fraction = _opt(body, "fraction", _NUMBER, t)
+        fraction = _float_field(body, "fraction", 0.0, 1.0, t, None)
         return cls(
             id=_need(body, "id", str, t),
             fraction=None if fraction is None else float(fraction),
@@ -476,10 +528,10 @@ class TaskResult:
             value=body.get("value"),
             error=_opt(body, "error", str, t, ""),
             traceback=_opt(body, "traceback", str, t, ""),
-            exit_code=_opt(body, "exit_code", int, t),
-            signal=_opt(body, "signal", int, t),
-            started=float(_opt(body, "started", _NUMBER, t, 0.0)),
-            ended=float(_opt(body, "ended", _NUMBER, t, 0.0)),
+            exit_code=_int_field(body, "exit_code", MIN_EXIT_CODE, MAX_EXIT_CODE, t, None),
+            signal=_int_field(body, "signal", 1, MAX_SIGNAL, t, None),
+            started=_float_field(body, "started", 0.0, MAX_TIMESTAMP, t, 0.0),
+            ended=_float_field(body, "ended", 0.0, MAX_TIMESTAMP, t, 0.0),
             stdout=_opt(body, "stdout", bytes, t, b""),
             stderr=_opt(body, "stderr", bytes, t, b""),
         )
@@ -532,16 +584,18 @@ class Heartbeat(Message):
     def from_wire(cls, body: dict[str, Any]) -> Heartbeat:
         t = cls.TYPE
         load = _need(body, "load", list, t)
-        if not all(isinstance(x, _NUMBER) for x in load):
-            raise ProtocolError("heartbeat: field 'load' must hold numbers")
+        if len(load) > 16:
+            raise ProtocolError("heartbeat: field 'load' holds more than 16 numbers")
+        for x in load:
+            _in_range(x, 0.0, MAX_LOAD, "load", t)
         return cls(
-            time=float(_need(body, "time", _NUMBER, t)),
-            cpu=float(_need(body, "cpu", _NUMBER, t)),
-            mem=float(_need(body, "mem", _NUMBER, t)),
+            time=_float_field(body, "time", 0.0, MAX_TIMESTAMP, t),
+            cpu=_float_field(body, "cpu", 0.0, MAX_PERCENT, t),
+            mem=_float_field(body, "mem", 0.0, MAX_PERCENT, t),
             load=[float(x) for x in load],
-            slots_total=_need(body, "slots_total", int, t),
-            slots_busy=_need(body, "slots_busy", int, t),
-            queued=_need(body, "queued", int, t),
+            slots_total=_int_field(body, "slots_total", 0, MAX_SLOTS, t),
+            slots_busy=_int_field(body, "slots_busy", 0, MAX_SLOTS, t),
+            queued=_int_field(body, "queued", 0, MAX_COUNT, t),
             drained=_opt(body, "drained", bool, t, False),
         )
 

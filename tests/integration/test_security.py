@@ -4,20 +4,36 @@ socket, a real engine, real tasks. Each test fails on the code before the fix.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+import msgpack
 import pytest
 from asyncssh.packet import String, UInt32
 
 from engine.link import AgentRefused
 from nodeagent.consolekeys import CONSOLE_KEYS_FILE
-from nodeagent.protocol import ERR_PROTOCOL, SUBSYSTEM, FrameDecoder, Hello, Message
+from nodeagent.protocol import (
+    ERR_PROTOCOL,
+    SUBSYSTEM,
+    Error,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Message,
+    Progress,
+    ProtocolError,
+    TaskResult,
+    TaskSpec,
+    decode,
+)
 from nodeagent.server import main
 from tests.integration.conftest import shell
 from tests.integration.test_agent_security import console_hello, ssh
@@ -183,3 +199,87 @@ async def test_connection_flood_is_logged_as_a_few_summary_lines(agent, caplog):
             if (m := re.fullmatch(rf"(\d+) connections refused from {re.escape(source)} in the last \d+ s", line))
         ]
         assert first == 1 and first + sum(summed) == refused[source], (source, lines)
+
+
+# --- numbers from the wire ------------------------------------------------------------------
+
+_VALID_BODIES: dict[str, dict[str, Any]] = {
+    "hello": {"type": "hello", "version": 1, "role": "agent", "id": "a", "slots": 2},
+    "run.task": {"type": "run", "tasks": [{"id": "t", "kind": "shell", "shell": "true", "timeout": 5.0, "slots": 1}]},
+    "progress": {"type": "progress", "id": "t", "fraction": 0.5},
+    "finished.result": {
+        "type": "finished",
+        "results": [{"id": "t", "outcome": "error", "exit_code": 3, "signal": 9, "started": 1.0, "ended": 2.0}],
+    },
+    "heartbeat": {
+        "type": "heartbeat", "time": 1.0, "cpu": 1.0, "mem": 1.0, "load": [0.5, 0.5, 0.5],
+        "slots_total": 2, "slots_busy": 1, "queued": 0,
+    },
+}  # fmt: skip
+# Every numeric field of every message, with values it must refuse.
+_NAN, _INF = float("nan"), float("inf")
+_BAD_NUMBERS: dict[tuple[str, str], list[Any]] = {
+    ("hello", "version"): [-1, 2**64 - 1, True, 1.5],
+    ("hello", "slots"): [-1, 2**40, _NAN],
+    ("run.task", "timeout"): [_NAN, _INF, -_INF, -1.0, 0, 1e300, True],
+    ("run.task", "slots"): [0, -3, 2**40, True, 1.0],
+    ("progress", "fraction"): [_NAN, _INF, -0.1, 1.5, True],
+    ("finished.result", "exit_code"): [2**63, -(2**40), 1.0, True],
+    ("finished.result", "signal"): [0, -9, 2**20, True],
+    ("finished.result", "started"): [_NAN, _INF, -1.0, 1e300],
+    ("finished.result", "ended"): [_NAN, -_INF, -5],
+    ("heartbeat", "time"): [_NAN, _INF, -1.0],
+    ("heartbeat", "cpu"): [_NAN, -1.0, 101.0, _INF],
+    ("heartbeat", "mem"): [_NAN, 150.0],
+    ("heartbeat", "load"): [[_NAN], [-1.0], [_INF], [1.0] * 17, [True]],
+    ("heartbeat", "slots_total"): [-1, 2**40, _NAN],
+    ("heartbeat", "slots_busy"): [-1, _INF],
+    ("heartbeat", "queued"): [-1, 2**63, 1.5],
+}
+
+
+def _with_field(where: str, name: str, value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(_VALID_BODIES[where])
+    target = body["tasks"][0] if where == "run.task" else body["results"][0] if where == "finished.result" else body
+    target[name] = value
+    return body
+
+
+def test_every_numeric_wire_field_has_a_range_check():
+    """A numeric field added later without a check (and a row here) fails this test."""
+    classes = {"hello": Hello, "run.task": TaskSpec, "progress": Progress, "finished.result": TaskResult, "heartbeat": Heartbeat}
+    numeric = {
+        (where, f.name)
+        for where, cls in classes.items()
+        for f in dataclasses.fields(cls)
+        if re.search(r"\b(int|float)\b", str(f.type))
+    }
+    assert numeric == set(_BAD_NUMBERS)
+
+
+@pytest.mark.parametrize("where, name", list(_BAD_NUMBERS), ids=[f"{w}.{n}" for w, n in _BAD_NUMBERS])
+def test_out_of_range_numbers_are_protocol_errors_on_decode(where, name):
+    decode(msgpack.packb(_VALID_BODIES[where], use_bin_type=True))  # the base body is fine
+    for bad in _BAD_NUMBERS[(where, name)]:
+        with pytest.raises(ProtocolError, match=name):
+            decode(msgpack.packb(_with_field(where, name, bad), use_bin_type=True))
+
+
+@pytest.mark.parametrize("timeout", [_NAN, _INF, -1.0], ids=["nan", "inf", "negative"])
+async def test_agent_refuses_a_nan_timeout_from_the_wire(agent, tmp_path, timeout):
+    marker = tmp_path / "ran"
+    task = {"id": "nan-1", "kind": "shell", "shell": f"touch {marker}", "timeout": timeout}
+    async with ssh(agent) as conn:
+        writer, reader, _ = await conn.open_session(subsystem=SUBSYSTEM, encoding=None)
+        writer.write(console_hello(console_id="nan-console") + msgpack.packb({"type": "run", "tasks": [task]}))
+        raw = await asyncio.wait_for(reader.read(), 10)
+    replies = FrameDecoder().feed(raw)
+    assert isinstance(replies[0], Hello)
+    errors = [m for m in replies if isinstance(m, Error)]
+    assert errors and errors[0].code == ERR_PROTOCOL and "timeout" in errors[0].message
+    # The agent is still serving, and the task never ran.
+    console = await agent.console("after-nan")
+    probe = shell("echo alive")
+    console.run(probe)
+    assert (await console.results([probe.id]))[probe.id].stdout == b"alive\n"
+    assert not marker.exists()
