@@ -10,9 +10,12 @@ A job file (the full reference with examples is ``demos/jobs/README.md``)::
     timeout = "30s"
 
 The task, exactly one of:
-  ``command``   argv template list, exec'd without a shell
-  ``shell``     a /bin/sh string; substituted values are shell-quoted, so never quote
-                a placeholder yourself
+  ``command``   argv template list, exec'd without a shell (values passed verbatim; the
+                script after a shell's ``-c``, as in ``["sh", "-c", "..."]``, is treated
+                like ``shell``)
+  ``shell``     a /bin/sh string; substituted values are shell-quoted, so a placeholder
+                inside or touching quotes (or in a comment, here-document, backquotes or
+                arithmetic) is refused: see ``engine.shellquote``
   ``function``  "package.module:function", imported on the node and called with the
                 item as its first argument, then ``args`` (list) and ``kwargs`` (table)
 
@@ -64,6 +67,7 @@ from typing import Any, ClassVar
 
 from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
 from engine.reducers import ReducerError, reducer_factory
+from engine.shellquote import UnsafePlaceholder, check_template, shell_script_index
 
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_BASE = 1.0
@@ -163,11 +167,17 @@ class _Template:
 
     text: str  # the format string, or the literal value when constant
     used: frozenset[str]
+    shell: bool = False  # shell script: values are substituted shell-quoted
 
     @classmethod
-    def compile(cls, template: str, field_name: str) -> _Template:
+    def compile(cls, template: str, field_name: str, shell: bool = False) -> _Template:
         used = _placeholders(template, field_name)
-        return cls(template if used else template.format(), used)
+        if used:
+            try:
+                check_template(template, shell=shell)
+            except UnsafePlaceholder as exc:
+                raise SpecError(str(exc), field_name) from None
+        return cls(template if used else template.format(), used, shell)
 
 
 # --- the spec --------------------------------------------------------------------------
@@ -234,6 +244,7 @@ class JobSpec:
     # Compiled once, so task_fields is a dict copy and a format call.
     _argv: tuple[_Template, ...] = field(init=False, repr=False, compare=False, default=())
     _shell: _Template | None = field(init=False, repr=False, compare=False, default=None)
+    _argv_script: bool = field(init=False, repr=False, compare=False, default=False)  # ["sh", "-c", {item}...]
     _used: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
     _static: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
@@ -272,6 +283,10 @@ class JobSpec:
         except ReducerError as exc:
             raise SpecError(str(exc), "reduce") from None
         self._compile()
+        if self.kind == KIND_SHELL and self._used and isinstance(self.items, tuple):
+            for index, item in enumerate(self.items):
+                if type(item) is str and "\0" in item:
+                    raise SpecError(f"item {index} holds a NUL character, which no command line can carry", "items")
 
     def _check_task(self) -> None:
         given = {
@@ -300,11 +315,16 @@ class JobSpec:
         set_ = object.__setattr__
         static: dict[str, Any] = {}
         if self.argv_template is not None:
-            argv = tuple(_Template.compile(arg, "argv_template") for arg in self.argv_template)
+            # ["sh", "-c", SCRIPT, ...]: SCRIPT is shell, quoted like a shell template.
+            script = shell_script_index(self.argv_template)
+            argv = tuple(
+                _Template.compile(arg, "argv_template", shell=i == script) for i, arg in enumerate(self.argv_template)
+            )
             set_(self, "_argv", argv)
+            set_(self, "_argv_script", any(t.shell and t.used for t in argv))
             set_(self, "_used", frozenset().union(*(t.used for t in argv)))
         elif self.shell_template is not None:
-            shell = _Template.compile(self.shell_template, "shell_template")
+            shell = _Template.compile(self.shell_template, "shell_template", shell=True)
             set_(self, "_shell", shell)
             set_(self, "_used", shell.used)
         elif self.fn is not None:
@@ -345,7 +365,10 @@ class JobSpec:
         fields_ = self._static.copy()
         if self._argv:
             values = self._values(index, None) if self._used else {}
-            fields_["argv"] = [t.text.format_map(values) if t.used else t.text for t in self._argv]
+            quoted = {key: shlex.quote(value) for key, value in values.items()} if self._argv_script else values
+            fields_["argv"] = [
+                t.text.format_map(quoted if t.shell else values) if t.used else t.text for t in self._argv
+            ]
         elif self._shell is not None:
             shell = self._shell
             fields_["shell"] = shell.text.format_map(self._values(index, shlex.quote)) if shell.used else shell.text

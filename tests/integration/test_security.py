@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import dataclasses
 import logging
 import os
@@ -283,3 +284,98 @@ async def test_agent_refuses_a_nan_timeout_from_the_wire(agent, tmp_path, timeou
     console.run(probe)
     assert (await console.results([probe.id]))[probe.id].stdout == b"alive\n"
     assert not marker.exists()
+
+
+# --- placeholders: quoting is the engine's job -------------------------------------------------
+
+_MARKER = "INJECTED"  # a hostile item that runs anything creates a file with this name
+
+
+def _hostile_items(marker: Path) -> list[str]:
+    m = str(marker)
+    return [
+        f"$(touch {m})", f"`touch {m}`", f'"; touch {m}; "', f"'; touch {m}; '", f"x\ntouch {m}\n",
+        f"; touch {m}", f"| touch {m}", f"&& touch {m}", f"$(touch {m})'\"", f"\\'; touch {m}; #",
+        "*", "~", "$HOME", "-n", "--help", "-", "a b  c", "tab\there", "trailing\\", "", "{item}", "{{x}}",
+        "\u00e9t\u00e9 \u2603", "'", '"', "'\"'\"'", "#not a comment", "\r\n",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def one_agent_cluster(tmp_path):
+    from demos.cluster import LocalCluster
+
+    with LocalCluster(tmp_path / "cluster", [2]) as cluster:
+        yield cluster
+
+
+async def test_hostile_items_round_trip_exactly_and_inject_nothing(one_agent_cluster, tmp_path):
+    from engine.api import Engine
+    from engine.spec import JobSpec
+
+    cluster = one_agent_cluster
+    marker = tmp_path / _MARKER
+    items = _hostile_items(marker)
+    forms = {
+        "shell": dict(shell_template="printf %s {item}"),
+        "command list": dict(argv_template=["printf", "%s", "{item}"]),
+        "command list running sh -c": dict(argv_template=["sh", "-c", "printf %s {item}"]),
+        "command list running bash -ec": dict(argv_template=["bash", "-ec", "printf %s {item}; true"]),
+    }
+    engine = await Engine.open(cluster.state_dir, cluster.config_dir, nodes=cluster.addresses, trust_new=True)
+    try:
+        await engine.wait_for_nodes(1, timeout=30)
+        for form, task in forms.items():
+            spec = JobSpec(name=f"hostile {form}", kind="shell", items=items, retries=0, **task)
+            job_id = engine.submit(spec)
+            assert await engine.wait(job_id, timeout=60) == "succeeded", (form, engine.task_results(job_id))
+            outputs = [row["stdout"] for row in engine.task_results(job_id)]
+            assert outputs == items, form
+    finally:
+        await engine.close()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "task, field",
+    [
+        ('shell = "echo \\"{item}\\""', "shell"),
+        ("shell = \"echo '{item}'\"", "shell"),
+        ('shell = "echo \\"name: {item} here\\""', "shell"),
+        ('shell = "echo ok # {item}"', "shell"),
+        ('shell = "echo `basename {item}`"', "shell"),
+        ('shell = "echo \\\\{item}"', "shell"),
+        ('shell = """\ncat <<EOF\n{item}\nEOF\n"""', "shell"),
+        ('command = ["sh", "-c", "echo \\"{item}\\""]', "command"),
+        ("command = [\"python3\", \"-c\", \"print('{item}')\"]", "command"),
+        ('command = ["echo", "\\"{item}\\""]', "command"),
+    ],
+    ids=["double", "single", "inside-double", "comment", "backquotes", "backslash", "heredoc", "sh-c", "python-c", "argv"],
+)
+def test_quoted_placeholder_exits_2_before_any_task_runs(one_agent_cluster, tmp_path, task, field):
+    import subprocess
+    import sys
+
+    from demos.cluster import REPO
+
+    cluster = one_agent_cluster
+    marker = tmp_path / _MARKER
+    job = tmp_path / "quoted.toml"
+    job.write_text(f'name = "quoted"\n{task}\nitems = [{json.dumps(f"$(touch {marker})")}]\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "console.cli", "run", str(job), "--json", "--trust-new",
+         "--state-dir", str(cluster.state_dir), "--config-dir", str(cluster.config_dir), "--node", cluster.addresses[0]],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert f"field '{field}'" in proc.stderr and "quotes every substituted value itself" in proc.stderr
+    assert "quoted.toml:2" in proc.stderr
+    assert not marker.exists()
+
+
+def test_item_with_a_nul_is_refused_at_load():
+    from engine.spec import SpecError, parse_job_text
+
+    with pytest.raises(SpecError, match="NUL"):
+        parse_job_text('shell = "printf %s {item}"\nitems = ["ok", "a\\u0000b"]\n')

@@ -248,3 +248,39 @@ def test_build_and_direct_construction_validate_like_files():
         JobSpec(name="n", kind="call", argv_template=("x",), items=[1])
     with pytest.raises(SpecError, match="field 'slots'"):
         JobSpec(name="n", kind="call", fn="m:f", items=[1], slots=0)
+
+
+# --- where a placeholder may sit (engine.shellquote) ----------------------------------------
+
+_UNSAFE_SHELL = [
+    'echo "{item}"', "echo '{item}'", 'echo x"{item}"', 'echo "a {item} b"', "echo \\{item}", "echo ${item}",
+    "echo hi # {item}", "echo `cat {item}`", "echo $(( {item} + 1 ))", "cat <<EOF\n{item}\nEOF",
+    "echo $'{item}'", 'echo {item}"x"', "cat <<-'E'\n\t{index}\n\tE\necho ok",
+]  # fmt: skip
+_SAFE_SHELL = [
+    "echo {item}", "echo {item} > out/{index}.txt", 'tr -cs "[:alpha:]" "\\n" < {item} | tr "[:upper:]" "[:lower:]"',
+    "echo Hello, {item}!", "echo $(cat {item})", "cat <<EOF\nhello\nEOF\necho {item}", "echo it\\'s {item}",
+    "echo --file={item}", "echo {{item}} {item}", 'echo "$#" {item}', "echo a#b {item}", "printf '%s\\n' {item}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("template", _UNSAFE_SHELL)
+def test_unsafe_shell_placeholders_are_refused_naming_the_fix(template):
+    with pytest.raises(SpecError) as caught:
+        JobSpec(name="x", kind="shell", shell_template=template, items=["a"])
+    assert caught.value.field == "shell_template" and "quotes every substituted value itself" in str(caught.value)
+
+
+@pytest.mark.parametrize("template", _SAFE_SHELL)
+def test_safe_shell_placeholders_are_accepted(template):
+    JobSpec(name="x", kind="shell", shell_template=template, items=["a"])
+
+
+def test_command_list_quotes_only_a_shell_script_after_dash_c():
+    plain = JobSpec(name="x", kind="shell", argv_template=["printf", "%s", "{item}"], items=["a b;c"])
+    assert plain.task_fields(0)["argv"] == ["printf", "%s", "a b;c"]
+    script = JobSpec(name="x", kind="shell", argv_template=["sh", "-c", "printf %s {item}", "{item}"], items=["a b;c"])
+    assert script.task_fields(0)["argv"] == ["sh", "-c", "printf %s 'a b;c'", "a b;c"]
+    with pytest.raises(SpecError, match="inside quotes|touches a quote"):
+        JobSpec(name="x", kind="shell", argv_template=["echo", "'{item}'"], items=["a"])
+    JobSpec(name="x", kind="shell", argv_template=["echo", "don't {item}"], items=["a"])  # an apostrophe is text
