@@ -98,7 +98,7 @@ class Coordinator:
             Finished: self._on_finished,
             Started: lambda node, m, now: inputs.TasksStarted(node, m.ids, now),
             Heartbeat: lambda node, m, now: inputs.HeartbeatReceived(node, m, now),
-            Rejected: lambda node, m, now: inputs.TasksRejected(node, m.ids, m.reason, now),
+            Rejected: lambda node, m, now: inputs.TasksRejected(node, m.ids, m.reason, now, m.code),
             Progress: lambda node, m, now: inputs.ProgressReported(node, m, now),
             Output: lambda node, m, now: inputs.OutputReceived(node, m, now),
             Error: self._on_error,
@@ -287,7 +287,7 @@ class Coordinator:
             return spec.task_count()
         if job is None:
             self.core.restore_job(job_id, spec, time.time(), self.store.task_states(job_id), self.store.succeeded_values(job_id))
-        rows = self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])
+        rows = [inputs.ResubmitRow(*row) for row in self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])]
         self.operate(inputs.ResubmitTasks(job_id, rows, actor, time.time()))
         return len(rows)
 

@@ -7,8 +7,11 @@ the batch of effects to carry out: rows to persist, frames to send, events to
 publish. Batching is what makes tens of thousands of tasks a second possible:
 one SQLite transaction and one frame per node per flush.
 
-A task's status is set in exactly one place, ``_move``, which checks the
-transition table in ``engine.model``.
+This module says what each input means. Every status change goes through the
+transition table, and every attempt comes and goes, in ``engine.transitions``.
+An attempt that ends without a verdict (its node was lost, the agent stopped
+or refused it) while the task has another live attempt changes nothing else:
+the other attempt carries on.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from __future__ import annotations
 import random
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from engine import events as ev
 from engine.inputs import (
+    AuditEntry,
     CancelJob,
     DrainNode,
+    DrainOrder,
     Effects,
     HeartbeatReceived,
     JobSubmitted,
@@ -39,8 +45,7 @@ from engine.inputs import (
 )
 from engine.model import (
     TERMINAL,
-    TRANSITIONS,
-    IllegalTransition,
+    Attempt,
     Job,
     JobStatus,
     Node,
@@ -49,21 +54,14 @@ from engine.model import (
     attempt_id,
     parse_attempt_id,
 )
-from nodeagent.protocol import (
-    KIND_SHELL,
-    OUTCOME_CANCELLED,
-    OUTCOME_LOST,
-    OUTCOME_OK,
-    TaskResult,
-    TaskSpec,
-)
 from engine.reducers import make_reducer, shell_value
 from engine.scheduler import JobDemand, NodeRoom, place
 from engine.spec import JobSpec
+from engine.transitions import TaskStates, Why
+from nodeagent.protocol import KIND_SHELL, Outcome, RejectCode, TaskResult
 
-# Jobs this small report every task transition as an event; bigger ones are
-# summarised by JobProgress so a UI is not flooded.
-TASK_EVENTS_UP_TO = 10_000
+S = TaskStatus
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
@@ -77,21 +75,20 @@ class CoreConfig:
     speculate_min_peers: int = 5
 
 
-class EngineCore:
+# What each refusal means for the task and the node. Transient ones never
+# exclude a node; a refusal code this engine does not know, or none (an
+# agent older than the codes), counts as "this node cannot run it".
+TRANSIENT_REJECTS = frozenset({RejectCode.DRAINING, RejectCode.FULL, RejectCode.SHUTTING_DOWN})
+
+
+class EngineCore(TaskStates):
     def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None) -> None:
+        super().__init__(rng)
         self.config = config or CoreConfig()
-        self.rng = rng or random.Random()
-        self.jobs: dict[int, Job] = {}
-        self.open_jobs: dict[int, Job] = {}  # the running ones: what a flush looks at
-        self.nodes: dict[str, Node] = {}
-        self.attempts: dict[str, Task] = {}  # live attempt id -> task
         # After a restart: the attempt ids that were perhaps in flight when the
         # engine died. An agent that still runs one, or has its result in its
-        # journal, hands it back; the task is then adopted instead of rerun.
+        # journal, hands it back; the task then adopts it.
         self.recovering: dict[str, Task] = {}
-        self.backoff: list[Task] = []  # tasks in PENDING, checked on Tick
-        self.out = Effects()
-        self._dirty_jobs: set[Job] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             JobSubmitted: self._on_job_submitted,
             NodeUp: self._on_node_up,
@@ -107,6 +104,19 @@ class EngineCore:
             CancelJob: self._on_cancel,
             DrainNode: self._on_drain,
             UndrainNode: self._on_undrain,
+        }
+        # How an attempt's outcome is taken; any other outcome is a failure.
+        self._outcomes: dict[str, Callable[[Attempt, TaskResult, float], None]] = {
+            Outcome.OK: self._attempt_ok,
+            Outcome.CANCELLED: self._attempt_cancelled,
+            Outcome.LOST: self._attempt_lost,
+            Outcome.STOPPED: self._attempt_stopped,
+        }
+        self._rejects: dict[str, Callable[[Node, Job, str], None]] = {
+            RejectCode.DRAINING: self._refused_draining,
+            RejectCode.FULL: lambda node, job, reason: None,
+            RejectCode.SHUTTING_DOWN: self._refused_stopping,
+            RejectCode.BAD_SPEC: lambda node, job, reason: None,  # the task fails instead
         }
 
     # --- entry points -----------------------------------------------------------
@@ -125,51 +135,10 @@ class EngineCore:
         out, self.out = self.out, Effects()
         return out
 
-    def restore_job(
-        self,
-        job_id: int,
-        spec: JobSpec,
-        submitted_at: float,
-        rows: list[tuple[int, TaskStatus, int, int, int]],
-        values: list[tuple[int, Any]],
-    ) -> Job:
-        """Rebuild a job after a restart from its stored rows
-        (index, status, attempts, failures, node_failures) and the values of
-        its succeeded tasks. Tasks that were in flight have no row (running is
-        not persisted): they are simply dispatched again with the same attempt
-        id, which the agent recognises."""
-        job = Job(id=job_id, spec=spec, reducer=make_reducer(spec.reduce), submitted_at=submitted_at)
-        job.restored = True
-        self.jobs[job_id] = job
-        self.open_jobs[job_id] = job
-        stored = {row[0]: row[1:] for row in rows}
-        # Dispatch takes fresh indices in order, so every index below the
-        # highest stored one was dispatched at some point.
-        job.cursor = max(stored) + 1 if stored else 0
-        counts = {status: 0 for status in TaskStatus}
-        for index in range(job.cursor):
-            row = stored.get(index)
-            if row is not None and row[0] in TERMINAL:
-                counts[row[0]] += 1
-                continue
-            task = Task(job, index)
-            if row is not None:
-                task.attempts, task.failures, task.node_failures = row[1], row[2], row[3]
-            job.requeued.append(task)
-            self.recovering[attempt_id(job.id, index, task.attempts + 1)] = task
-            counts[TaskStatus.QUEUED] += 1
-        counts[TaskStatus.QUEUED] += job.total - job.cursor
-        job.counts = counts
-        for index, value in values:
-            try:
-                job.reducer.add(index, value)
-            except ValueError:
-                pass  # reported when the value first arrived
-        if job.done == job.total:
-            job.status = job.final_status()
-            self.open_jobs.pop(job_id, None)
-        self._dirty_jobs.add(job)
-        return job
+    def validate_state(self) -> None:
+        from engine.invariants import validate_state
+
+        validate_state(self)
 
     # --- jobs -------------------------------------------------------------------
 
@@ -183,112 +152,53 @@ class EngineCore:
 
     def _on_resubmit(self, e: ResubmitTasks) -> None:
         job = self.jobs[e.job_id]
-        for index, status, attempts in e.rows:
-            task = Task(job, index)
-            task.status = status
-            task.attempts = attempts
-            self._move(task, TaskStatus.QUEUED, e.actor)
-            job.requeued.append(task)
         if e.rows and job.status is not JobStatus.RUNNING:
             job.status = JobStatus.RUNNING
             job.finished_at = 0.0
             self.open_jobs[job.id] = job
-        self.out.audit.append((e.now, e.actor, "resubmit", f"job {job.id}", f"{len(e.rows)} tasks"))
+        why = Why("resubmitted", e.now)
+        for row in e.rows:
+            task = Task(job, row.task_index, issued=row.attempts)
+            task.status = row.status
+            self._move(task, S.QUEUED, why)
+        self.out.audit.append(AuditEntry(e.now, e.actor, "resubmit", f"job {job.id}", f"{len(e.rows)} tasks"))
 
     def _on_cancel(self, e: CancelJob) -> None:
         job = self.jobs.get(e.job_id)
         if job is None or job.status is not JobStatus.RUNNING:
             return
         wanted = None if e.indices is None else set(e.indices)
-        # In-flight and waiting tasks.
-        for task in [t for t in self.attempts.values() if t.job is job]:
+        why = Why("cancelled", e.now, error="cancelled by operator")
+        # Each in-flight task once, however many attempts it has.
+        running = dict.fromkeys(a.task for a in self.attempts.values() if a.task.job is job)
+        for task in running:
             if wanted is None or task.index in wanted:
-                self._release(task)
-                self.out.cancels.setdefault(task.node, []).append(task.attempt_id)
-                self._cancel_task(task, e.actor)
-        for task in [t for t in self.backoff if t.job is job and (wanted is None or t.index in wanted)]:
-            self.backoff.remove(task)
-            self._cancel_task(task, e.actor)
+                self._move(task, S.CANCELLED, why)
+        waiting = [t for t in self.backoff if t.job is job and (wanted is None or t.index in wanted)]
+        if waiting:
+            gone = set(waiting)
+            self.backoff = [t for t in self.backoff if t not in gone]
+            for task in waiting:
+                self._move(task, S.CANCELLED, why)
         keep: deque[Task] = deque()
+        chosen: list[Task] = []
         for task in job.requeued:
-            if wanted is None or task.index in wanted:
-                self._cancel_task(task, e.actor)
-            else:
-                keep.append(task)
+            (chosen if wanted is None or task.index in wanted else keep).append(task)
         job.requeued = keep
         # Never-dispatched tasks: materialise only those asked for.
         fresh = range(job.cursor, job.total)
-        chosen = fresh if wanted is None else [i for i in sorted(wanted) if i >= job.cursor]
-        for index in chosen:
-            self._cancel_task(Task(job, index), e.actor)
-        if wanted is None:
+        picked = fresh if wanted is None else [i for i in sorted(wanted) if job.cursor <= i < job.total]
+        if wanted is not None and picked:
+            # The fresh ones left become explicit queued tasks, in order.
+            keep.extend(Task(job, index) for index in fresh if index not in wanted)
+        if wanted is None or picked:
             job.cursor = job.total
-        elif chosen:
-            # Keep the remaining fresh ones as explicit requeued tasks.
-            for index in fresh:
-                if index not in wanted:
-                    job.requeued.append(Task(job, index))
-            job.cursor = job.total
+        for task in chosen:
+            self._move(task, S.CANCELLED, why)
+        for index in picked:
+            self._move(Task(job, index), S.CANCELLED, why)
         target = f"job {job.id}" if wanted is None else f"job {job.id} tasks {sorted(wanted)}"
-        self.out.audit.append((e.now, e.actor, "cancel", target, ""))
-        self._check_done(job, e.now)
-
-    def _cancel_task(self, task: Task, actor: str) -> None:
-        self._move(task, TaskStatus.CANCELLED, actor, error="cancelled by operator")
-        self._row(task, error="cancelled by operator")
-
-    def _finish_job(self, job: Job, now: float) -> None:
-        job.status = job.final_status()
-        job.finished_at = now
-        self.open_jobs.pop(job.id, None)
-        self.out.finished_jobs.append(job)
-        self.out.events.append(
-            ev.JobFinished(job.id, job.spec.name, job.status.value, job.counts_by_label(), job.reducer.result())
-        )
-        self._dirty_jobs.add(job)
-
-    def _check_done(self, job: Job, now: float) -> None:
-        if job.status is JobStatus.RUNNING and job.done == job.total:
-            self._finish_job(job, now)
-
-    # --- the one place a task's status changes ------------------------------------
-
-    def _move(self, task: Task, to: TaskStatus, cause: str, error: str = "") -> None:
-        frm = task.status
-        if (frm, to) not in TRANSITIONS:
-            raise IllegalTransition(f"task {task.job.id}.{task.index}: {frm.label} -> {to.label} ({cause})")
-        task.status = to
-        job = task.job
-        job.counts[frm] -= 1
-        job.counts[to] += 1
-        self._dirty_jobs.add(job)
-        routine = to in (TaskStatus.RUNNING, TaskStatus.SUCCEEDED)
-        if job.total <= TASK_EVENTS_UP_TO or not routine:
-            self.out.events.append(
-                ev.TaskChanged(job.id, task.index, to.label, task.node, task.attempts + 1, cause, error)
-            )
-
-    def _row(self, task: Task, result: TaskResult | None = None, value: Any = None, error: str = "") -> None:
-        r = result
-        self.out.task_rows.append(
-            (
-                task.job.id,
-                task.index,
-                int(task.status),
-                task.attempts,
-                task.failures,
-                task.node_failures,
-                task.node,
-                value,
-                error or (r.error if r else ""),
-                r.traceback if r else "",
-                r.exit_code if r else None,
-                r.stdout if r else b"",
-                r.stderr if r else b"",
-                r.started if r else 0.0,
-                r.ended if r else 0.0,
-            )
-        )
+        self.out.audit.append(AuditEntry(e.now, e.actor, "cancel", target, ""))
 
     # --- nodes ------------------------------------------------------------------
 
@@ -299,23 +209,27 @@ class EngineCore:
         hello = e.hello
         node.agent_id, node.hostname, node.slots = hello.id, hello.hostname, max(1, hello.slots)
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
+        node.stopping = False
+        # A new session: whatever made this node refuse a job may have been
+        # fixed (a restart with --allow-pickle, more slots), so try it again.
+        for job in self.open_jobs.values():
+            job.excluded_nodes.discard(node.id)
         # Attempts this engine thinks are on the node but the node no longer
         # holds (and has no result for, as those follow the hello) are lost.
         held = set(hello.holding)
-        for aid, task in list(node.running.items()):
-            if aid not in held and task.attempt_id == aid:
-                self._requeue_lost(task, e.now, f"node {node.id} restarted")
-        # Attempts the node holds that this engine does not expect (re-run
+        for attempt in [a for a in node.running.values() if a.id not in held]:
+            self._attempt_gone(attempt, e.now, f"node {node.id} restarted", blame=True)
+        # Attempts the node holds that this engine does not expect (run
         # elsewhere meanwhile): cancel them so they stop using slots.
+        stale = []
         for aid in held:
-            if self._recoverable(aid):
-                self._adopt(aid, node)
-        stale = [aid for aid in held if aid not in self.attempts]
+            if self._live_on(aid, node.id) is not None:
+                continue
+            if not (self._recoverable(aid) and self._adopt(aid, node, e.now)):
+                stale.append(aid)
         if stale:
             self.out.cancels.setdefault(node.id, []).extend(stale)
-        self.out.events.append(
-            ev.NodeChanged(node.id, "up", node.drained, node.slots, node.hostname, node.labels)
-        )
+        self.out.events.append(ev.NodeChanged(node.id, "up", node.drained, node.slots, node.hostname, node.labels))
 
     def _on_node_lost(self, e: NodeLost) -> None:
         node = self.nodes.get(e.node)
@@ -323,58 +237,11 @@ class EngineCore:
             return
         node.up = False
         lost = list(node.running.values())
-        for task in lost:
-            self._requeue_lost(task, e.now, e.reason)
+        for attempt in lost:
+            self._attempt_gone(attempt, e.now, e.reason, blame=True)
         self.out.events.append(ev.NodeChanged(node.id, "lost", node.drained, node.slots, node.hostname, node.labels, e.reason))
-        self.out.events.append(ev.Alert("warning", f"node {node.id} lost: {e.reason}; {len(lost)} tasks requeued", node.id))
-        self.out.audit.append((e.now, "engine", "node lost", node.id, f"{e.reason}; requeued {len(lost)}"))
-
-    def _requeue_lost(self, task: Task, now: float, reason: str) -> None:
-        """The task's node died under it (or was drained with requeue)."""
-        spare = task.spare
-        self._release(task)
-        if spare is not None and spare[0] != task.attempt_id:
-            return  # the other copy is still running
-        task.attempts += 1
-        self._lost_attempt(task, now, reason)
-
-    def _lost_attempt(self, task: Task, now: float, reason: str) -> None:
-        """Rerun a task whose attempt was lost with its node, unless nodes
-        keep dying under it: a poison task fails instead of killing more.
-
-        An attempt the node may have run counts against the task: all of them
-        the first time (agents hold reports back for up to 50 ms, so
-        the engine cannot tell a task that just finished or still waited in
-        the node's queue from one that ran). A suspect is then sent with
-        ``report_start``, so the next time the verdict is exact: it counts
-        only if its start was reported, and tasks that finished before it
-        have been reported too.
-        """
-        if task.node_failures and not task.started_at:
-            reason = f"{reason}; it had not started there"
-        else:
-            task.node_failures += 1
-            if task.node_failures >= task.job.spec.max_node_failures:
-                msg = f"poison task: lost with its node {task.node_failures} times ({reason})"
-                self._move(task, TaskStatus.FAILED, "poison", msg)
-                self._row(task, error=msg)
-                self.out.audit.append((now, "engine", "poison", f"task {task.job.id}.{task.index}", msg))
-                self._check_done(task.job, now)
-                return
-        self._move(task, TaskStatus.QUEUED, reason)
-        self._row(task)
-        task.job.requeued.appendleft(task)
-
-    def _release(self, task: Task) -> None:
-        """Forget the live attempt(s) of a task on their nodes."""
-        for aid, node_id in ((task.attempt_id, task.node), task.spare or ("", "")):
-            if not aid:
-                continue
-            self.attempts.pop(aid, None)
-            node = self.nodes.get(node_id)
-            if node is not None and node.running.pop(aid, None) is not None:
-                node.in_flight_slots -= task.job.spec.slots
-        task.spare = None
+        self.out.events.append(ev.Alert("warning", f"node {node.id} lost: {e.reason}; {len(lost)} attempts ended", node.id))
+        self.out.audit.append(AuditEntry(e.now, "engine", "node lost", node.id, f"{e.reason}; {len(lost)} attempts ended"))
 
     def _on_heartbeat(self, e: HeartbeatReceived) -> None:
         node = self.nodes.get(e.node)
@@ -394,101 +261,232 @@ class EngineCore:
         if node is None:
             return
         node.drained = True
-        self.out.drains.append((node.id, True))
+        self.out.drains.append(DrainOrder(node.id, True))
         moved = 0
         if e.requeue:
-            for task in list(node.running.values()):
-                self.out.cancels.setdefault(node.id, []).append(task.attempt_id)
-                self._release(task)
-                task.attempts += 1
-                self._move(task, TaskStatus.QUEUED, f"node {node.id} drained")
-                self._row(task)
-                task.job.requeued.appendleft(task)
+            cancels = self.out.cancels.setdefault(node.id, [])
+            reason = f"node {node.id} drained"
+            for attempt in list(node.running.values()):
+                cancels.append(attempt.id)
+                self._attempt_gone(attempt, e.now, reason, blame=False)
                 moved += 1
         self.out.events.append(ev.NodeChanged(node.id, "up" if node.up else "lost", True, node.slots, node.hostname, node.labels))
-        self.out.audit.append((e.now, e.actor, "drain", node.id, f"requeued {moved}" if e.requeue else "graceful"))
+        self.out.audit.append(AuditEntry(e.now, e.actor, "drain", node.id, f"requeued {moved}" if e.requeue else "graceful"))
 
     def _on_undrain(self, e: UndrainNode) -> None:
         node = self.nodes.get(e.node)
         if node is None:
             return
         node.drained = False
-        self.out.drains.append((node.id, False))
+        self.out.drains.append(DrainOrder(node.id, False))
         self.out.events.append(ev.NodeChanged(node.id, "up" if node.up else "lost", False, node.slots, node.hostname, node.labels))
-        self.out.audit.append((e.now, e.actor, "undrain", node.id, ""))
+        self.out.audit.append(AuditEntry(e.now, e.actor, "undrain", node.id, ""))
 
     # --- task reports from agents -------------------------------------------------
 
+    def _live_on(self, aid: str, node_id: str) -> Attempt | None:
+        """The live attempt ``aid``, if it is the one on ``node_id``: a report
+        from any other node is about something else (a late or stale copy)."""
+        attempt = self.attempts.get(aid)
+        if attempt is None or attempt.node.id != node_id:
+            return None
+        return attempt
+
     def _on_started(self, e: TasksStarted) -> None:
-        attempts = self.attempts
         for aid in e.ids:
-            task = attempts.get(aid)
-            if task is not None and not task.started_at:
-                task.started_at = e.now
+            attempt = self._live_on(aid, e.node)
+            if attempt is not None and not attempt.started_at:
+                attempt.started_at = e.now
 
     def _on_finished(self, e: TasksFinished) -> None:
-        attempts = self.attempts
         node = self.nodes.get(e.node)
         acks = self.out.acks.setdefault(e.node, [])
+        outcomes = self._outcomes
         for result in e.results:
             # Ack everything, duplicates included: once this flush is
             # persisted the agent may forget it. Acks go out after the commit.
             acks.append(result.id)
-            task = attempts.get(result.id)
-            if task is None:
+            attempt = self._live_on(result.id, e.node)
+            if attempt is None:
                 if node is None or not self._recoverable(result.id):
                     continue  # late or duplicate: that attempt was re-run or already counted
-                task = self._adopt(result.id, node)
-            if node is not None:
-                node.completed_since_tick += 1
-            self._complete(task, result, e.node, e.now)
+                attempt = self._adopt(result.id, node, e.now)
+                if attempt is None:
+                    continue
+            attempt.node.completed_since_tick += 1
+            outcomes.get(result.outcome, self._attempt_failed)(attempt, result, e.now)
 
-    def _complete(self, task: Task, result: TaskResult, node_id: str, now: float) -> None:
+    def _attempt_ok(self, attempt: Attempt, result: TaskResult, now: float) -> None:
+        task = attempt.task
         job = task.job
-        spec = job.spec
-        other = None
-        if task.spare is not None:
-            pair = {task.attempt_id: task.node, task.spare[0]: task.spare[1]}
-            pair.pop(result.id, None)
-            other = next(iter(pair.items()), None)
-        self._release(task)
-        if other is not None:
-            self.out.cancels.setdefault(other[1], []).append(other[0])
-        task.node = node_id
-        task.attempts += 1
-        outcome = result.outcome
-        if outcome == OUTCOME_OK:
-            value = shell_value(result.stdout) if spec.kind == KIND_SHELL else result.value
-            if result.ended and result.started:
-                job.recent_durations.append(result.ended - result.started)
-            try:
-                job.reducer.add(task.index, value)
-            except ValueError as exc:  # the value does not fit the reducer: that task failed
-                self._move(task, TaskStatus.FAILED, "reducer refused the value", str(exc))
-                self._row(task, result, value, error=str(exc))
-            else:
-                self._move(task, TaskStatus.SUCCEEDED, "succeeded")
-                self._row(task, result, value)
-            self._check_done(job, now)
-        elif outcome == OUTCOME_CANCELLED:
-            self._move(task, TaskStatus.CANCELLED, "cancelled on node", result.error)
-            self._row(task, result)
-            self._check_done(job, now)
-        elif outcome == OUTCOME_LOST:
-            self._lost_attempt(task, now, result.error or "agent restarted")
+        self._drop(attempt)
+        task.node = attempt.node.id
+        value = shell_value(result.stdout) if job.spec.kind == KIND_SHELL else result.value
+        if result.ended and result.started:
+            job.recent_durations.append(result.ended - result.started)
+        try:
+            job.reducer.add(task.index, value)
+        except ValueError as exc:  # the value does not fit the reducer: that task failed
+            self._move(task, S.FAILED, Why("reducer refused the value", now, str(exc), result=result, value=value))
         else:
-            task.failures += 1
-            error = result.error or outcome
-            if task.failures <= spec.retries:
-                delay = min(spec.backoff_cap, spec.backoff_base * 2 ** (task.failures - 1))
-                task.ready_at = now + delay * (0.5 + 0.5 * self.rng.random())  # equal jitter
-                self._move(task, TaskStatus.PENDING, f"attempt {task.attempts} {outcome}; retry in {task.ready_at - now:.1f}s", error)
-                self._row(task, result)
-                self.backoff.append(task)
+            self._move(task, S.SUCCEEDED, Why("succeeded", now, result=result, value=value))
+
+    def _attempt_cancelled(self, attempt: Attempt, result: TaskResult, now: float) -> None:
+        # A console's cancel: final. (This engine drops an attempt before it
+        # cancels it, so this is one asked for before a restart.)
+        self._drop(attempt)
+        attempt.task.node = attempt.node.id
+        self._move(attempt.task, S.CANCELLED, Why("cancelled on node", now, result.error, result=result))
+
+    def _attempt_lost(self, attempt: Attempt, result: TaskResult, now: float) -> None:
+        self._attempt_gone(attempt, now, result.error or "agent restarted", blame=True)
+
+    def _attempt_stopped(self, attempt: Attempt, result: TaskResult, now: float) -> None:
+        self._attempt_gone(attempt, now, result.error or "agent stopped", blame=False)
+
+    def _attempt_failed(self, attempt: Attempt, result: TaskResult, now: float) -> None:
+        task = attempt.task
+        self._drop(attempt)
+        if task.live:
+            return  # a copy failed; the other attempt may still succeed
+        task.node = attempt.node.id
+        task.failures += 1
+        error = result.error or result.outcome
+        if task.failures <= task.job.spec.retries:
+            self._move(task, S.PENDING, Why(f"attempt {attempt.number} {result.outcome}; retrying", now, error, result=result))
+        else:
+            self._move(task, S.FAILED, Why(result.outcome, now, error, result=result))
+
+    def _attempt_gone(self, attempt: Attempt, now: float, reason: str, *, blame: bool) -> None:
+        """An attempt ended without a verdict: its node died or restarted
+        (``blame``: it may have killed the node), or the agent stopped, or the
+        operator drained the node with requeue. The task runs again, unless
+        another of its attempts still runs, or nodes keep dying under it: a
+        poison task fails instead of killing more.
+
+        Blame counts every attempt the first time (agents hold reports back
+        for up to 50 ms, so the engine cannot tell a task that just finished
+        or still waited in the node's queue from one that ran). A suspect is
+        then sent with ``report_start``, so the next time the verdict is
+        exact: it counts only if its start was reported, and tasks that
+        finished before it have been reported too.
+        """
+        task = attempt.task
+        self._drop(attempt)
+        if task.live:
+            return  # the other copy carries on
+        task.node = attempt.node.id
+        if blame:
+            if task.node_failures and not attempt.started_at:
+                reason = f"{reason}; it had not started there"
             else:
-                self._move(task, TaskStatus.FAILED, outcome, error)
-                self._row(task, result)
-                self._check_done(job, now)
+                task.node_failures += 1
+                if task.node_failures >= task.job.spec.max_node_failures:
+                    msg = f"poison task: lost with its node {task.node_failures} times ({reason})"
+                    self.out.audit.append(AuditEntry(now, "engine", "poison", f"task {task.job.id}.{task.index}", msg))
+                    self._move(task, S.FAILED, Why("poison", now, msg))
+                    return
+        self._move(task, S.QUEUED, Why(reason, now))
+
+    def _on_rejected(self, e: TasksRejected) -> None:
+        node = self.nodes.get(e.node)
+        if node is None:
+            return
+        transient = e.code in TRANSIENT_REJECTS
+        react = self._rejects.get(e.code, self._refused_unsupported)
+        cause = f"refused by {e.node}: {e.reason}"
+        for aid in e.ids:
+            attempt = self._live_on(aid, e.node)
+            if attempt is None:
+                continue
+            task = attempt.task
+            self._drop(attempt)
+            react(node, task.job, e.reason)
+            if task.live:
+                continue  # a refused copy: the other attempt runs on
+            why = Why(cause, e.now, e.reason)
+            if e.code == RejectCode.BAD_SPEC:
+                self._move(task, S.FAILED, why)  # no agent will ever take it
+            else:
+                self._move(task, S.QUEUED, why)
+        if not transient and e.code != RejectCode.BAD_SPEC:
+            self.out.events.append(ev.Alert("warning", f"node {e.node} refused tasks ({e.code or 'no code'}): {e.reason}", e.node))
+
+    def _refused_draining(self, node: Node, job: Job, reason: str) -> None:
+        node.drained = True
+
+    def _refused_stopping(self, node: Node, job: Job, reason: str) -> None:
+        node.stopping = True  # until it comes back as a new session
+
+    def _refused_unsupported(self, node: Node, job: Job, reason: str) -> None:
+        job.excluded_nodes.add(node.id)
+
+    def _on_progress(self, e: ProgressReported) -> None:
+        attempt = self._live_on(e.progress.id, e.node)
+        if attempt is not None:
+            task = attempt.task
+            self.out.events.append(ev.TaskProgress(task.job.id, task.index, e.progress.fraction, e.progress.message))
+
+    def _on_output(self, e: OutputReceived) -> None:
+        attempt = self._live_on(e.output.id, e.node)
+        if attempt is not None:
+            task = attempt.task
+            self.out.events.append(ev.TaskOutput(task.job.id, task.index, e.output.stream, e.output.data))
+
+    # --- restart recovery ---------------------------------------------------------
+
+    def restore_job(
+        self,
+        job_id: int,
+        spec: JobSpec,
+        submitted_at: float,
+        rows: list[tuple[int, TaskStatus, int, int, int]],
+        values: list[tuple[int, Any]],
+    ) -> Job:
+        """Rebuild a job after a restart from its stored rows
+        (index, status, attempts, failures, node_failures) and the values of
+        its succeeded tasks. Running is not persisted: a task that was in
+        flight may still run under ``attempts + 1`` or, with a speculative
+        copy, ``attempts + 2``. Those ids are adopted if an agent reports
+        them; a fresh dispatch goes on past them."""
+        job = Job(id=job_id, spec=spec, reducer=make_reducer(spec.reduce), submitted_at=submitted_at)
+        job.restored = True
+        self.jobs[job_id] = job
+        self.open_jobs[job_id] = job
+        stored = {row[0]: row[1:] for row in rows}
+        # Dispatch takes fresh indices in order, so every index below the
+        # highest stored one was dispatched at some point.
+        job.cursor = max(stored) + 1 if stored else 0
+        counts = {status: 0 for status in TaskStatus}
+        for index in range(job.cursor):
+            row = stored.get(index)
+            if row is not None and row[0] in TERMINAL:
+                counts[row[0]] += 1
+                continue
+            task = self._recovering_task(job, index, row[1] if row is not None else 0)
+            if row is not None:
+                task.failures, task.node_failures = row[2], row[3]
+            job.requeued.append(task)
+            counts[S.QUEUED] += 1
+        counts[S.QUEUED] += job.total - job.cursor
+        job.counts = counts
+        for index, value in values:
+            try:
+                job.reducer.add(index, value)
+            except ValueError:
+                pass  # reported when the value first arrived
+        if job.done == job.total:
+            job.status = job.final_status()
+            self.open_jobs.pop(job_id, None)
+        self._dirty_jobs.add(job)
+        return job
+
+    def _recovering_task(self, job: Job, index: int, durable: int) -> Task:
+        # Both numbers that may be out there are reserved: the next one issued is past them.
+        task = Task(job, index, issued=durable + 2)
+        self.recovering[attempt_id(job.id, index, durable + 1)] = task
+        self.recovering[attempt_id(job.id, index, durable + 2)] = task
+        return task
 
     def _recoverable(self, aid: str) -> bool:
         """Was ``aid`` perhaps in flight when the engine last died? Tasks with
@@ -500,57 +498,32 @@ class EngineCore:
         parsed = parse_attempt_id(aid)
         if parsed is None:
             return False
-        job_id, index, attempt = parsed
+        job_id, index, number = parsed
         job = self.jobs.get(job_id)
         if job is None or not job.restored or job.status is not JobStatus.RUNNING:
             return False
-        if attempt != 1 or not job.cursor <= index < job.total:
+        if number not in (1, 2) or not job.cursor <= index < job.total:
             return False
         for i in range(job.cursor, index + 1):
-            task = Task(job, i)
-            job.requeued.append(task)
-            self.recovering[attempt_id(job.id, i, 1)] = task
+            job.requeued.append(self._recovering_task(job, i, 0))
         job.cursor = index + 1
         return True
 
-    def _adopt(self, aid: str, node: Node) -> Task:
-        """Take back an attempt that was in flight before a restart: it is
-        running on ``node`` (or finished there) under the same id."""
+    def _adopt(self, aid: str, node: Node, now: float) -> Attempt | None:
+        """Take back an attempt that was in flight before a restart: it runs
+        on ``node`` (or finished there) under the same id. A task dispatched
+        afresh meanwhile gets it as a second attempt; the first result wins."""
         task = self.recovering.pop(aid)
-        task.job.requeued.remove(task)
-        task.node = node.id
-        self._move(task, TaskStatus.RUNNING, "recovered after restart")
-        task.attempt_id = aid
-        self.attempts[aid] = task
-        node.running[aid] = task
-        node.in_flight_slots += task.job.spec.slots
-        return task
-
-    def _on_rejected(self, e: TasksRejected) -> None:
-        node = self.nodes.get(e.node)
-        transient = "drained" in e.reason or "full" in e.reason
-        if node is not None and "drained" in e.reason:
-            node.drained = True
-        for aid in e.ids:
-            task = self.attempts.get(aid)
-            if task is None or task.attempt_id != aid:
-                continue
-            self._release(task)
-            if not transient:
-                task.job.excluded_nodes.add(e.node)
-                self.out.events.append(ev.Alert("warning", f"node {e.node} refused job {task.job.id}: {e.reason}", e.node))
-            self._move(task, TaskStatus.QUEUED, f"refused by {e.node}: {e.reason}")
-            task.job.requeued.appendleft(task)
-
-    def _on_progress(self, e: ProgressReported) -> None:
-        task = self.attempts.get(e.progress.id)
-        if task is not None:
-            self.out.events.append(ev.TaskProgress(task.job.id, task.index, e.progress.fraction, e.progress.message))
-
-    def _on_output(self, e: OutputReceived) -> None:
-        task = self.attempts.get(e.output.id)
-        if task is not None:
-            self.out.events.append(ev.TaskOutput(task.job.id, task.index, e.output.stream, e.output.data))
+        parsed = parse_attempt_id(aid)
+        assert parsed is not None
+        attempt = Attempt(task, node, parsed[2])
+        if task.status is S.RUNNING:
+            return self._add_attempt(attempt)
+        if task.status is S.QUEUED:
+            task.job.requeued.remove(task)
+            self._move(task, S.RUNNING, Why("recovered after restart", now, adopted=attempt))
+            return attempt
+        return None  # ended or waiting for a retry meanwhile: that attempt is stale
 
     # --- time -------------------------------------------------------------------
 
@@ -560,9 +533,9 @@ class EngineCore:
             due = [t for t in self.backoff if t.ready_at <= now]
             if due:
                 self.backoff = [t for t in self.backoff if t.ready_at > now]
+                why = Why("backoff over", now)
                 for task in due:
-                    self._move(task, TaskStatus.QUEUED, "backoff over")
-                    task.job.requeued.append(task)
+                    self._move(task, S.QUEUED, why)
         for node in self.nodes.values():
             if node.up and now - node.last_seen > self.config.heartbeat_timeout:
                 self.handle(NodeLost(node.id, f"no heartbeat for {now - node.last_seen:.1f}s", now))
@@ -582,37 +555,52 @@ class EngineCore:
     def _speculate(self, now: float) -> None:
         """Straggler copies: for a job with nothing left to place, a task
         running far longer than its peers' median gets a second attempt on an
-        idle node; the first to finish wins, the other is cancelled."""
+        idle node; the first to finish wins, the other is cancelled.
+
+        At most two attempt numbers are issued past the last stored row
+        (``Task.durable``), so a restarted engine knows which ids may still
+        be out there: a task that already used its two gets no copy."""
         candidates = [j for j in self.open_jobs.values() if j.spec.speculative and not j.ready]
         if not candidates:
             return
-        idle = [n for n in self.nodes.values() if n.up and not n.drained and n.in_flight_slots < n.slots]
+        idle = [n for n in self.nodes.values() if self._accepts_work(n) and n.in_flight_slots < n.slots]
         for job in candidates:
             if len(job.recent_durations) < self.config.speculate_min_peers:
                 continue
             limit = self.config.speculate_after * statistics.median(job.recent_durations)
-            for task in [t for t in self.attempts.values() if t.job is job and t.spare is None]:
+            stragglers = [
+                a
+                for a in self.attempts.values()
+                if a.task.job is job
+                and len(a.task.live) == 1
+                and a.task.issued - a.task.durable < 2
+                and a.started_at
+                and now - a.started_at > limit
+            ]
+            for attempt in stragglers:
                 if not idle:
                     return
-                if task.started_at and now - task.started_at > limit:
-                    node = next((n for n in idle if n.id != task.node and n.id not in job.excluded_nodes), None)
-                    if node is None:
-                        continue
-                    aid = attempt_id(job.id, task.index, task.attempts + 2)
-                    task.spare = (aid, node.id)
-                    self._send(task, node, aid)
-                    self.out.audit.append((now, "engine", "speculate", f"task {job.id}.{task.index}", node.id))
-                    if node.in_flight_slots >= node.slots:
-                        idle.remove(node)
+                node = next((n for n in idle if n is not attempt.node and n.id not in job.excluded_nodes), None)
+                if node is None:
+                    continue
+                task = attempt.task
+                self._send(self._add_attempt(Attempt(task, node, task.issued + 1)))
+                self.out.audit.append(AuditEntry(now, "engine", "speculate", f"task {job.id}.{task.index}", node.id))
+                if node.in_flight_slots >= node.slots:
+                    idle.remove(node)
 
     # --- placement --------------------------------------------------------------
+
+    @staticmethod
+    def _accepts_work(node: Node) -> bool:
+        return node.up and not node.drained and not node.stopping
 
     def _schedule(self, now: float) -> None:
         cfg = self.config
         rooms = [
             NodeRoom(n.id, n.capacity(cfg.prefetch_seconds, cfg.max_prefetch), n.in_flight_slots, n.labels)
             for n in self.nodes.values()
-            if n.up and not n.drained
+            if self._accepts_work(n)
         ]
         if not rooms:
             return
@@ -625,55 +613,13 @@ class EngineCore:
             return
         for placement in place(demands, rooms):
             job = self.jobs[placement.job_id]
-            node = self.nodes[placement.node_id]
+            why = Why("dispatched", now, node=self.nodes[placement.node_id])
+            requeued = job.requeued
             for _ in range(placement.count):
-                if job.requeued:
-                    task = job.requeued.popleft()
+                if requeued:
+                    task = requeued.popleft()
                 else:
                     task = Task(job, job.cursor)
                     job.cursor += 1
-                task.node = node.id
-                self._move(task, TaskStatus.RUNNING, "dispatched")
-                task.sent_at = now
-                task.started_at = 0.0
-                self._send(task, node, attempt_id(job.id, task.index, task.attempts + 1))
+                self._move(task, S.RUNNING, why)
 
-    def _send(self, task: Task, node: Node, aid: str) -> None:
-        spec = task.job.spec
-        if self.recovering:
-            self.recovering.pop(aid, None)
-        if task.spare is None or task.spare[0] != aid:
-            task.attempt_id = aid
-        self.attempts[aid] = task
-        node.running[aid] = task
-        node.in_flight_slots += spec.slots
-        runs = self.out.runs.get(node.id)
-        if runs is None:
-            runs = self.out.runs[node.id] = []
-        runs.append(TaskSpec(aid, spec.kind, report_start=task.node_failures > 0, **spec.task_fields(task.index)))
-
-    # --- invariants (tests call this after every step) ------------------------------
-
-    def validate_state(self) -> None:
-        seen: set[str] = set()
-        for node in self.nodes.values():
-            slots = 0
-            for aid, task in node.running.items():
-                assert self.attempts.get(aid) is task, f"{aid} on {node.id} not a live attempt"
-                assert task.status is TaskStatus.RUNNING, f"{aid} on {node.id} is {task.status.label}"
-                assert aid not in seen, f"{aid} on two nodes"
-                seen.add(aid)
-                slots += task.job.spec.slots
-            assert slots == node.in_flight_slots, f"{node.id}: slot count {node.in_flight_slots} != {slots}"
-        assert seen == set(self.attempts), "live attempts not all on a node"
-        for job in self.jobs.values():
-            assert sum(job.counts.values()) == job.total, f"job {job.id} counts do not add up"
-            assert all(v >= 0 for v in job.counts.values()), f"job {job.id} negative count"
-            for task in job.requeued:
-                assert task.status is TaskStatus.QUEUED, f"requeued task {task.index} is {task.status.label}"
-            queued = job.counts[TaskStatus.QUEUED]
-            assert queued == job.ready, f"job {job.id}: {queued} queued but {job.ready} ready"
-        for task in self.backoff:
-            assert task.status is TaskStatus.PENDING
-        running = {j.id for j in self.jobs.values() if j.status is JobStatus.RUNNING}
-        assert set(self.open_jobs) == running, "open_jobs out of step with job states"

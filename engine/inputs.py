@@ -10,13 +10,19 @@ per effect, because a flush may cover thousands of tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.model import Job, TaskStatus
-from nodeagent.protocol import Heartbeat, Hello, Output, Progress, TaskResult, TaskSpec
 from engine.spec import JobSpec
+from nodeagent.protocol import Heartbeat, Hello, Output, Progress, TaskResult, TaskSpec
 
 # --- events in ------------------------------------------------------------------
+
+
+class ResubmitRow(NamedTuple):
+    task_index: int
+    status: TaskStatus
+    attempts: int  # attempt numbers the task has issued (the store's ``attempts``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,9 @@ class TasksFinished:
 class TasksRejected:
     node: str
     ids: list[str]
-    reason: str
+    reason: str  # for people
     now: float
+    code: str = ""  # a RejectCode value, or "" from an agent older than the codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +97,11 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ResubmitTasks:
-    """Put finished tasks back in the queue. ``rows`` are the stored
-    (index, status, attempts) of those tasks; the coordinator reads them."""
+    """Put finished tasks back in the queue. ``rows`` are the stored states
+    of those tasks; the coordinator reads them."""
 
     job_id: int
-    rows: list[tuple[int, TaskStatus, int]]
+    rows: list[ResubmitRow]
     actor: str
     now: float
 
@@ -124,9 +131,37 @@ class UndrainNode:
 
 # --- effects out ----------------------------------------------------------------
 
-# A task row to upsert: (job, index, status, attempts, failures, node_failures,
-# node, value, error, traceback, exit_code, stdout, stderr, started, ended).
-TaskRow = tuple[Any, ...]
+class TaskRow(NamedTuple):
+    """A task's state to upsert, in the store's column order."""
+
+    job_id: int
+    task_index: int
+    status: int
+    attempts: int  # attempt numbers issued so far: the next attempt is past it
+    failures: int
+    node_failures: int
+    node: str
+    value: Any
+    error: str
+    traceback: str
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    started: float
+    ended: float
+
+
+class AuditEntry(NamedTuple):
+    when: float
+    actor: str  # "operator", "engine", ...
+    action: str
+    target: str
+    detail: str
+
+
+class DrainOrder(NamedTuple):
+    node: str
+    drained: bool  # True: drain, False: undrain
 
 
 @dataclass
@@ -134,11 +169,11 @@ class Effects:
     runs: dict[str, list[TaskSpec]] = field(default_factory=dict)
     cancels: dict[str, list[str]] = field(default_factory=dict)
     acks: dict[str, list[str]] = field(default_factory=dict)
-    drains: list[tuple[str, bool]] = field(default_factory=list)  # (node, drained)
+    drains: list[DrainOrder] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)  # nodes declared lost while still connected
     task_rows: list[TaskRow] = field(default_factory=list)
     finished_jobs: list[Job] = field(default_factory=list)
-    audit: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
 
     def __bool__(self) -> bool:

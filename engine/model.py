@@ -1,4 +1,6 @@
-"""Task states, the one table of legal transitions, and the in-memory records.
+"""Task states and the in-memory records: jobs, tasks, their attempts, nodes.
+
+The legal moves between task states are the transition table in ``engine.core``.
 
 Memory is the constraint that shapes these records: a job of a million tasks
 must cost well under 1 KiB per pending task. So a job that has not started a
@@ -36,23 +38,6 @@ _LABELS = {status: status.name.lower() for status in TaskStatus}
 
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
-S = TaskStatus
-# (from, to) -> what such a move means; anything else is a bug and raises.
-TRANSITIONS: dict[tuple[TaskStatus, TaskStatus], str] = {
-    (S.QUEUED, S.RUNNING): "dispatched",
-    (S.RUNNING, S.SUCCEEDED): "succeeded",
-    (S.RUNNING, S.FAILED): "failed",
-    (S.RUNNING, S.CANCELLED): "cancelled",
-    (S.RUNNING, S.PENDING): "retry after backoff",
-    (S.RUNNING, S.QUEUED): "requeued",  # node lost, drained with requeue, or refused
-    (S.PENDING, S.QUEUED): "backoff over",
-    (S.PENDING, S.CANCELLED): "cancelled",
-    (S.QUEUED, S.CANCELLED): "cancelled",
-    (S.FAILED, S.QUEUED): "resubmitted",
-    (S.CANCELLED, S.QUEUED): "resubmitted",
-}
-del S
-
 
 class IllegalTransition(RuntimeError):
     pass
@@ -66,10 +51,9 @@ class JobStatus(enum.Enum):
 
 
 def attempt_id(job_id: int, index: int, attempt: int) -> str:
-    """Attempt ids are deterministic: after an engine crash, re-sending an
-    attempt that was in flight reuses its id, so the agent recognises it (it
-    is still running, or its result waits in the journal) instead of running
-    it as something new."""
+    """Attempt ids are deterministic (job, index, attempt number), so after an
+    engine crash an agent's held attempts and journaled results can be
+    matched to their tasks and adopted instead of run again."""
     return f"{job_id}.{index}.{attempt}"
 
 
@@ -83,37 +67,42 @@ def parse_attempt_id(text: str) -> tuple[int, int, int] | None:
         return None
 
 
+class Attempt:
+    """One try of a task on one node, live from its dispatch (or adoption
+    after a restart) until its result, its node's loss, a rejection or a
+    cancel. A task has one live attempt, or two while a speculative copy runs."""
+
+    __slots__ = ("id", "task", "node", "number", "started_at")
+
+    def __init__(self, task: Task, node: Node, number: int) -> None:
+        self.id = attempt_id(task.job.id, task.index, number)
+        self.task = task
+        self.node = node
+        self.number = number
+        self.started_at = 0.0  # when the node reported it started; 0 while queued there
+
+
 class Task:
     """A task that is in flight, waiting for a retry, or requeued."""
 
-    __slots__ = (
-        "job",
-        "index",
-        "status",
-        "attempts",
-        "failures",
-        "node_failures",
-        "node",
-        "attempt_id",
-        "sent_at",
-        "started_at",
-        "ready_at",
-        "spare",
-    )
+    __slots__ = ("job", "index", "status", "issued", "durable", "failures", "node_failures", "node", "live", "ready_at")
 
-    def __init__(self, job: Job, index: int) -> None:
+    def __init__(self, job: Job, index: int, issued: int = 0) -> None:
         self.job = job
         self.index = index
         self.status = TaskStatus.QUEUED
-        self.attempts = 0  # attempts that ended (durable); the live one is attempts + 1
+        # Attempt numbers are never reused: the next one is ``issued + 1``.
+        # ``durable`` is ``issued`` as last written to the store; at most two
+        # numbers (a dispatch and its speculative copy) are issued past it,
+        # so after a crash ``durable + 1`` and ``durable + 2`` cover every
+        # attempt that may still be out there.
+        self.issued = issued
+        self.durable = issued
         self.failures = 0  # failed attempts counted against retries
         self.node_failures = 0  # attempts lost with their node (poison count)
-        self.node = ""
-        self.attempt_id = ""
-        self.sent_at = 0.0
-        self.started_at = 0.0
+        self.node = ""  # the node of the latest attempt, for rows and events
+        self.live: list[Attempt] = []
         self.ready_at = 0.0
-        self.spare: tuple[str, str] | None = None  # speculative copy: (attempt id, node)
 
 
 @dataclass(eq=False)
@@ -126,7 +115,7 @@ class Job:
     cursor: int = 0  # indices >= cursor were never dispatched
     requeued: deque[Task] = field(default_factory=deque)
     counts: dict[TaskStatus, int] = field(default_factory=dict)
-    excluded_nodes: set[str] = field(default_factory=set)
+    excluded_nodes: set[str] = field(default_factory=set)  # refused it; admitted again on reconnect
     recent_durations: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     status: JobStatus = JobStatus.RUNNING
     finished_at: float = 0.0
@@ -168,8 +157,9 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     up: bool = False
     drained: bool = False
-    running: dict[str, Task] = field(default_factory=dict)  # attempt id -> task
-    in_flight_slots: int = 0
+    running: dict[str, Attempt] = field(default_factory=dict)  # live attempts here, by id
+    in_flight_slots: int = 0  # the slots of those attempts
+    stopping: bool = False  # said it is shutting down: no work until it comes back
     completed_since_tick: int = 0
     rate: float = 0.0  # tasks/s, smoothed
     load: Any = None  # last Heartbeat

@@ -31,7 +31,9 @@ from nodeagent.protocol import (
     KIND_SHELL,
     OUTCOME_CANCELLED,
     OUTCOME_ERROR,
+    OUTCOME_STOPPED,
     TASK_KINDS,
+    RejectCode,
     TaskResult,
     TaskSpec,
 )
@@ -160,13 +162,14 @@ class Executor:
         self._closing = True
         assert self._idle is not None
         # Queued tasks never start; tasks a worker holds but has not begun
-        # come back as skipped.
+        # come back as skipped. Each is reported ``stopped``: not the task's
+        # doing and not a console's cancel, so a console runs it again.
         queued = [task for task in self._queue if task.stage is Stage.QUEUED]
         for task in queued:
             task.stage = Stage.DONE
         self._queue.clear()
         self._queued_live = 0
-        self._complete([(task, plain_result(task, OUTCOME_CANCELLED, error=ERROR_SHUTDOWN)) for task in queued])
+        self._complete([(task, plain_result(task, OUTCOME_STOPPED, error=ERROR_SHUTDOWN)) for task in queued])
         self._pool.stop()
         self._check_idle()
         if not await _wait(self._idle, grace):
@@ -181,7 +184,7 @@ class Executor:
         self._closed = True
 
     def _kill_everything(self) -> None:
-        kill = (OUTCOME_CANCELLED, ERROR_SHUTDOWN)
+        kill = (OUTCOME_STOPPED, ERROR_SHUTDOWN)
         self._pool.kill_all(kill)
         for task, run in self._shells.items():
             task.kill = task.kill or kill
@@ -193,16 +196,19 @@ class Executor:
 
     # --- the console-facing API --------------------------------------------------------
 
-    def submit(self, owner: str, tasks: list[TaskSpec]) -> list[tuple[str, str]]:
-        """Queue tasks; return (attempt_id, reason) for each one refused.
+    def submit(self, owner: str, tasks: list[TaskSpec]) -> list[tuple[str, RejectCode, str]]:
+        """Queue tasks; return (attempt_id, code, reason) for each one refused.
 
         An attempt this agent already holds, or holds an unacked result for,
         is ignored: a console that resends after a reconnect gets it run once.
         """
         if self._closing or self._drained:
-            reason = REASON_SHUTTING_DOWN if self._closing else REASON_DRAINED
-            return [(spec.id, reason) for spec in tasks]
-        refused: list[tuple[str, str]] = []
+            if self._closing:
+                code, reason = RejectCode.SHUTTING_DOWN, REASON_SHUTTING_DOWN
+            else:
+                code, reason = RejectCode.DRAINING, REASON_DRAINED
+            return [(spec.id, code, reason) for spec in tasks]
+        refused: list[tuple[str, RejectCode, str]] = []
         accepted: list[str] = []
         held = self._held.get(owner)
         if held is None:
@@ -216,12 +222,12 @@ class Executor:
                 continue
             # The common case, a one-slot call task, is checked inline.
             if spec.kind != KIND_CALL or spec.slots != 1 or ":" not in (spec.fn or ""):
-                reason = self._refusal(spec)
-                if reason:
-                    refused.append((attempt_id, reason))
+                refusal = self._refusal(spec)
+                if refusal is not None:
+                    refused.append((attempt_id, *refusal))
                     continue
             if room <= 0:
-                refused.append((attempt_id, REASON_QUEUE_FULL))
+                refused.append((attempt_id, RejectCode.FULL, REASON_QUEUE_FULL))
                 continue
             room -= 1
             task = Task(owner, spec)
@@ -234,26 +240,28 @@ class Executor:
             self._schedule_pump()
         return refused
 
-    def _refusal(self, spec: TaskSpec) -> str:
+    def _refusal(self, spec: TaskSpec) -> tuple[RejectCode, str] | None:
+        """Why this agent cannot take ``spec``: a malformed task (no agent
+        could) or one this agent cannot run (another may)."""
         kind = spec.kind
         if kind == KIND_CALL:
             if not spec.fn or ":" not in spec.fn:
-                return "a call task needs fn as 'package.module:function'"
+                return RejectCode.BAD_SPEC, "a call task needs fn as 'package.module:function'"
         elif kind == KIND_PICKLE:
             if not self._allow_pickle:
-                return REASON_PICKLE_DISABLED
+                return RejectCode.UNSUPPORTED, REASON_PICKLE_DISABLED
             if spec.payload is None:
-                return "a pickle task needs a payload"
+                return RejectCode.BAD_SPEC, "a pickle task needs a payload"
         elif kind == KIND_SHELL:
             if (spec.argv is None) == (spec.shell is None) or spec.argv == []:
-                return "a shell task needs exactly one of a non-empty argv or a shell string"
+                return RejectCode.BAD_SPEC, "a shell task needs exactly one of a non-empty argv or a shell string"
         else:
-            return f"unknown task kind {kind!r} (known: {', '.join(TASK_KINDS)})"
+            return RejectCode.UNSUPPORTED, f"unknown task kind {kind!r} (known: {', '.join(TASK_KINDS)})"
         if spec.slots > self._pool.size:
-            return f"task needs {spec.slots} slots, this agent has {self._pool.size}"
+            return RejectCode.UNSUPPORTED, f"task needs {spec.slots} slots, this agent has {self._pool.size}"
         if spec.slots < 1:
-            return "a task needs at least one slot"
-        return ""
+            return RejectCode.BAD_SPEC, "a task needs at least one slot"
+        return None
 
     def cancel(self, owner: str, ids: list[str]) -> None:
         held = self._held.get(owner, {})

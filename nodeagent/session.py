@@ -220,7 +220,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         self._flush_scheduled = False  # a flush is due on the next loop turn
         self._flush_timer: asyncio.TimerHandle | None = None  # a coalescing flush is due later
         self._last_write = 0.0
-        self._rejected: dict[str, list[str]] = {}
+        self._rejected: dict[tuple[str, str], list[str]] = {}  # (code, reason) -> attempt ids
         self._started: list[str] = []
         self._progress: dict[str, Progress] = {}
         self._output: list[Output] = []
@@ -336,8 +336,8 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         log.info("console %s connected", self.owner)
 
     def _on_run(self, run: Run) -> None:
-        for attempt_id, reason in self._hub.executor.submit(self.owner, run.tasks):
-            self._rejected.setdefault(reason, []).append(attempt_id)
+        for attempt_id, code, reason in self._hub.executor.submit(self.owner, run.tasks):
+            self._rejected.setdefault((code, reason), []).append(attempt_id)
         if self._rejected:
             self._schedule_flush()
 
@@ -427,8 +427,8 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             # the journal meanwhile.
             return
         parts: list[bytes] = []
-        for reason, ids in self._rejected.items():
-            parts.append(encode(Rejected(ids=ids, reason=reason)))
+        for (code, reason), ids in self._rejected.items():
+            parts.append(encode(Rejected(ids=ids, reason=reason, code=code)))
         self._rejected = {}
         finished = self._finished
         done = {r.id for r in finished} if finished and (self._started or self._progress) else set()

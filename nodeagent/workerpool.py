@@ -24,10 +24,10 @@ from typing import Any
 from nodeagent.protocol import (
     KIND_CALL,
     KIND_SHELL,
-    OUTCOME_CANCELLED,
     OUTCOME_CRASHED,
     OUTCOME_ERROR,
     OUTCOME_OK,
+    OUTCOME_STOPPED,
     TaskResult,
     TaskSpec,
 )
@@ -331,7 +331,7 @@ class WorkerPool:
         if task is None:
             return  # a cancel that crossed the task's result: the result won
         task.stage = Stage.DONE  # it never ran: no started report
-        outcome, error = task.kill or (OUTCOME_CANCELLED, ERROR_SHUTDOWN)
+        outcome, error = task.kill or (OUTCOME_STOPPED, ERROR_SHUTDOWN)
         done.append((task, plain_result(task, outcome, error=error)))
 
     def _ev_started(self, slot: Slot, event: list[Any], done: Done) -> None:
@@ -421,7 +421,7 @@ class WorkerPool:
                 outcome, error = task.kill
                 done.append((task, _python_result(task, outcome, None, error, "", started, now)))
             elif self._closing:
-                done.append((task, plain_result(task, OUTCOME_CANCELLED, error=ERROR_SHUTDOWN)))
+                done.append((task, plain_result(task, OUTCOME_STOPPED, error=ERROR_SHUTDOWN)))
             elif task.seq == victim and not worker.killed_by_agent:
                 done.append((task, _crash_result(task, returncode, victim_started, now)))
             else:

@@ -10,6 +10,7 @@ types, missing or mistyped fields are ``ProtocolError``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, cast
 
 PROTOCOL_VERSION = 1
@@ -21,21 +22,41 @@ KIND_CALL = "call"  # "package.module:function" imported in a worker process
 KIND_PICKLE = "pickle"  # cloudpickled callable; needs the agent's --allow-pickle
 TASK_KINDS = (KIND_SHELL, KIND_CALL, KIND_PICKLE)
 
-# Outcomes of one attempt, in a finished result.
-OUTCOME_OK = "ok"
-OUTCOME_ERROR = "error"  # the task raised, or a shell command exited non-zero
-OUTCOME_TIMEOUT = "timeout"
-OUTCOME_CANCELLED = "cancelled"
-OUTCOME_CRASHED = "crashed"  # the worker process died (signal, os._exit, OOM)
-OUTCOME_LOST = "lost"  # the agent restarted while the task ran
-OUTCOMES = (
-    OUTCOME_OK,
-    OUTCOME_ERROR,
-    OUTCOME_TIMEOUT,
-    OUTCOME_CANCELLED,
-    OUTCOME_CRASHED,
-    OUTCOME_LOST,
-)
+class Outcome(StrEnum):
+    """How one attempt ended, in a finished result. It also says who ended an
+    attempt that did not run to its end: a console's ``cancel`` (final), the
+    agent stopping (not the task's doing: run it again), or the agent dying."""
+
+    OK = "ok"
+    ERROR = "error"  # the task raised, or a shell command exited non-zero
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"  # by a console's cancel frame
+    CRASHED = "crashed"  # the worker process died (signal, os._exit, OOM)
+    LOST = "lost"  # the agent died while the task was queued or ran
+    STOPPED = "stopped"  # the agent was stopped (SIGTERM) before the attempt could end
+
+
+class RejectCode(StrEnum):
+    """Why an agent refused attempts, in a rejected frame. The ``reason``
+    text beside it is for people; a console acts on the code only."""
+
+    DRAINING = "draining"  # transient: the agent is drained
+    FULL = "full"  # transient: its queue is full
+    SHUTTING_DOWN = "shutting_down"  # transient: the agent is stopping
+    BAD_SPEC = "bad_spec"  # the task itself is malformed: no agent will take it
+    UNSUPPORTED = "unsupported"  # this agent cannot run it (kind, pickle, slots)
+
+
+# Plain ``str`` aliases (equal to the enum members) for the hot paths:
+# msgpack packs an exact ``str`` faster than a subclass.
+OUTCOME_OK = Outcome.OK.value
+OUTCOME_ERROR = Outcome.ERROR.value
+OUTCOME_TIMEOUT = Outcome.TIMEOUT.value
+OUTCOME_CANCELLED = Outcome.CANCELLED.value
+OUTCOME_CRASHED = Outcome.CRASHED.value
+OUTCOME_LOST = Outcome.LOST.value
+OUTCOME_STOPPED = Outcome.STOPPED.value
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 # Error codes of the error frame.
 ERR_PROTOCOL = "protocol"  # malformed frame, unknown type, bad field
@@ -405,18 +426,25 @@ class Undrain(Message):
 
 @dataclass(frozen=True, slots=True)
 class Rejected(Message):
-    """Agent to console: these attempts were not accepted and never ran."""
+    """Agent to console: these attempts were not accepted and never ran.
+    ``code`` is a ``RejectCode`` value (kept a plain string so a newer
+    agent's code is not a protocol error); ``reason`` is one line for people."""
 
     TYPE: ClassVar[str] = "rejected"
     ids: list[str]
     reason: str
+    code: str = ""  # absent from agents older than the codes
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "ids": self.ids, "reason": self.reason}
+        body: dict[str, Any] = {"type": self.TYPE, "ids": self.ids, "reason": self.reason}
+        if self.code:
+            body["code"] = self.code
+        return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> Rejected:
-        return cls(ids=_str_list(body, "ids", cls.TYPE), reason=_need(body, "reason", str, cls.TYPE))
+        t = cls.TYPE
+        return cls(ids=_str_list(body, "ids", t), reason=_need(body, "reason", str, t), code=_opt(body, "code", str, t, ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from engine import core as c
 from engine.model import IllegalTransition, Task, TaskStatus
-from nodeagent.protocol import Heartbeat, Hello, TaskResult
+from engine.transitions import Why
+from nodeagent.protocol import Heartbeat, Hello, RejectCode, TaskResult
 from engine.spec import parse_job_text
 
 
@@ -185,7 +186,7 @@ def test_illegal_transition_raises():
     task = Task(h.core.jobs[1], 0)
     task.status = TaskStatus.SUCCEEDED
     with pytest.raises(IllegalTransition):
-        h.core._move(task, TaskStatus.RUNNING, "test")
+        h.core._move(task, TaskStatus.RUNNING, Why("test", h.now))
 
 
 def test_restore_requeues_in_flight_tasks_with_their_attempt_ids():
@@ -196,7 +197,9 @@ def test_restore_requeues_in_flight_tasks_with_their_attempt_ids():
     job = h.core.jobs[1]
     assert job.counts[TaskStatus.SUCCEEDED] == 1 and job.counts[TaskStatus.QUEUED] == 4
     h.node("a", 8)
-    assert h.sent["a"][:2] == ["1.1.1", "1.2.2"]  # same ids as before the crash
+    # Past every number the tasks may have issued before the crash: the
+    # stored one plus a dispatch and its speculative copy.
+    assert h.sent["a"][:2] == ["1.1.3", "1.2.4"]
 
 
 def test_rejected_tasks_are_requeued_without_counting_an_attempt():
@@ -204,7 +207,7 @@ def test_rejected_tasks_are_requeued_without_counting_an_attempt():
     h.node("a", 1)
     h.step(c.JobSubmitted(1, spec(count=1), h.now))
     aid = h.sent["a"][0]
-    h.step(c.TasksRejected("a", [aid], "node is drained", h.now))
+    h.step(c.TasksRejected("a", [aid], "node is drained", h.now, RejectCode.DRAINING))
     assert h.core.nodes["a"].drained
     assert h.core.jobs[1].counts[TaskStatus.QUEUED] == 1
 

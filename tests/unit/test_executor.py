@@ -22,7 +22,9 @@ from nodeagent.protocol import (
     OUTCOME_ERROR,
     OUTCOME_LOST,
     OUTCOME_OK,
+    OUTCOME_STOPPED,
     OUTCOME_TIMEOUT,
+    RejectCode,
     TaskResult,
     TaskSpec,
 )
@@ -348,7 +350,7 @@ async def test_pickle_is_refused_by_default_and_runs_when_allowed(make: Any, tmp
     payload = cloudpickle.dumps(lambda x, y=1: x * 10 + y)
     spec = TaskSpec(id="p", kind="pickle", payload=payload, args=[4], kwargs={"y": 2})
     executor, _ = await make()
-    assert executor.submit(OWNER, [spec]) == [("p", REASON_PICKLE_DISABLED)]
+    assert executor.submit(OWNER, [spec]) == [("p", RejectCode.UNSUPPORTED, REASON_PICKLE_DISABLED)]
     allowed, rec = await make(allow_pickle=True, state_dir=tmp_path / "other")
     assert allowed.submit(OWNER, [spec]) == []
     assert (await rec.result("p")).value == 42
@@ -443,7 +445,7 @@ async def test_drain_refuses_new_tasks_and_undrain_accepts_them(make: Any) -> No
     executor.submit(OWNER, [call("running", "nap", 0.3), call("queued", "add", 1, 1)])
     executor.drain()
     assert executor.drained
-    assert executor.submit(OWNER, [call("late", "add", 1, 1)]) == [("late", REASON_DRAINED)]
+    assert executor.submit(OWNER, [call("late", "add", 1, 1)]) == [("late", RejectCode.DRAINING, REASON_DRAINED)]
     assert (await rec.result("queued")).value == 2  # accepted work still runs
     executor.undrain()
     assert executor.submit(OWNER, [call("late", "add", 1, 1)]) == []
@@ -453,10 +455,10 @@ async def test_drain_refuses_new_tasks_and_undrain_accepts_them(make: Any) -> No
 async def test_admission_limits_and_duplicate_submits(make: Any) -> None:
     executor, rec = await make(slots=2, max_queued=2)
     refused = executor.submit(OWNER, [sh("a", "sleep 30"), sh("b", "sleep 30"), sh("wide", "true", slots=3)])
-    assert refused == [("wide", "task needs 3 slots, this agent has 2")]
+    assert refused == [("wide", RejectCode.UNSUPPORTED, "task needs 3 slots, this agent has 2")]
     await rec.until(lambda: len(rec.started) == 2)
     assert executor.submit(OWNER, [call("q1", "add", 0, 1), call("q2", "add", 0, 2), call("q3", "add", 0, 3)]) == [
-        ("q3", REASON_QUEUE_FULL)
+        ("q3", RejectCode.FULL, REASON_QUEUE_FULL)
     ]
     # Resending what the agent holds is ignored, not refused and not run twice.
     assert executor.submit(OWNER, [sh("a", "sleep 30"), call("q1", "add", 0, 1)]) == []
@@ -576,7 +578,7 @@ async def test_task_killed_behind_another_in_its_batch_is_not_reported_started(m
     executor.submit(OWNER, [call("slow", "nap", 30), call("behind", "add", 1, 1)])
     await rec.until(lambda: "slow" in rec.started)
     await executor.shutdown(grace=0.2)
-    assert rec.results["behind"].outcome == OUTCOME_CANCELLED
+    assert rec.results["behind"].outcome == OUTCOME_STOPPED  # not cancelled: a console reruns it
     assert "behind" not in rec.started
 
 
@@ -590,7 +592,7 @@ async def test_exits_are_seen_without_pidfd_too(make: Any, monkeypatch: pytest.M
     assert (await rec.result("polled")).exit_code == 4
 
 
-async def test_shutdown_cancels_what_outlives_the_grace_and_leaves_no_child(make: Any, tmp_path: Path) -> None:
+async def test_shutdown_stops_what_outlives_the_grace_and_leaves_no_child(make: Any, tmp_path: Path) -> None:
     executor, rec = await make(slots=2)
     pid_file = tmp_path / "grandchildren"
     executor.submit(OWNER, [
@@ -603,7 +605,7 @@ async def test_shutdown_cancels_what_outlives_the_grace_and_leaves_no_child(make
     await executor.shutdown(grace=0.2)
     for attempt_id in ("shell", "py", "queued"):
         result = rec.results[attempt_id]
-        assert (result.outcome, result.error) == (OUTCOME_CANCELLED, "agent shutting down")
+        assert (result.outcome, result.error) == (OUTCOME_STOPPED, "agent shutting down")
     assert "queued" not in rec.started
     assert psutil.Process().children(recursive=True) == []
     await until_gone(grandchildren, timeout=2)

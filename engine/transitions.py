@@ -1,0 +1,200 @@
+"""Task statuses and attempts: the one table of legal moves, and the one
+place attempts come and go.
+
+``TaskStates`` is the part of the engine core that every input goes through
+in the end (``engine.core.EngineCore`` builds on it and says what each input
+means):
+
+* A task's status changes only in ``_move``, through the transition table
+  ``{(from, to): handler}``; the handler owns every side effect of that move
+  (rows, queues, cancelling the task's other attempts). Anything not in the
+  table raises ``IllegalTransition``.
+* An attempt is an object (``engine.model.Attempt``). Adding or dropping one,
+  in ``_add_attempt`` and ``_drop``, is the only place the live-attempt map,
+  the task's attempt list, the node's attempt set and its in-flight slot
+  count change. A task with a speculative copy simply has two.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine import events as ev
+from engine.inputs import Effects, TaskRow
+from engine.model import TERMINAL, Attempt, IllegalTransition, Job, JobStatus, Node, Task, TaskStatus
+from nodeagent.protocol import TaskResult, TaskSpec
+
+# Jobs this small report every task transition as an event; bigger ones are
+# summarised by JobProgress so a UI is not flooded.
+TASK_EVENTS_UP_TO = 10_000
+
+S = TaskStatus
+
+
+@dataclass(slots=True)
+class Why:
+    """What caused a move, and what its handler needs to carry it out."""
+
+    cause: str  # one line for the event
+    now: float
+    error: str = ""
+    node: Node | None = None  # dispatch: where to
+    adopted: Attempt | None = None  # recovery: the attempt found running on a node
+    result: TaskResult | None = None
+    value: Any = None
+
+
+class TaskStates:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+        self.jobs: dict[int, Job] = {}
+        self.open_jobs: dict[int, Job] = {}  # the running ones: what a flush looks at
+        self.nodes: dict[str, Node] = {}
+        self.attempts: dict[str, Attempt] = {}  # every live attempt, by id
+        self.backoff: list[Task] = []  # tasks in PENDING, checked on Tick
+        self.out = Effects()
+        self._dirty_jobs: set[Job] = set()
+        # The one table of legal moves. Leaving a queue (requeued, backoff) is
+        # the caller's part, as callers take tasks out in bulk; everything
+        # else a move implies is its handler's.
+        self._transitions: dict[tuple[TaskStatus, TaskStatus], Callable[[Task, Why], None]] = {
+            (S.QUEUED, S.RUNNING): self._t_start,
+            (S.RUNNING, S.SUCCEEDED): self._t_succeed,
+            (S.RUNNING, S.FAILED): self._t_fail,
+            (S.RUNNING, S.CANCELLED): self._t_cancel,
+            (S.RUNNING, S.PENDING): self._t_retry_later,
+            (S.RUNNING, S.QUEUED): self._t_requeue,  # lost, stopped, drained with requeue, refused
+            (S.PENDING, S.QUEUED): self._t_ready,
+            (S.PENDING, S.CANCELLED): self._t_cancel,
+            (S.QUEUED, S.CANCELLED): self._t_cancel,
+            (S.FAILED, S.QUEUED): self._t_ready,  # resubmitted
+            (S.CANCELLED, S.QUEUED): self._t_ready,  # resubmitted
+        }
+
+    # --- the one place a task's status changes ------------------------------------
+
+    def _move(self, task: Task, to: TaskStatus, why: Why) -> None:
+        frm = task.status
+        handler = self._transitions.get((frm, to))
+        if handler is None:
+            raise IllegalTransition(f"task {task.job.id}.{task.index}: {frm.label} -> {to.label} ({why.cause})")
+        task.status = to
+        job = task.job
+        job.counts[frm] -= 1
+        job.counts[to] += 1
+        self._dirty_jobs.add(job)
+        handler(task, why)
+        if job.total <= TASK_EVENTS_UP_TO or not (to is S.RUNNING or to is S.SUCCEEDED):
+            self.out.events.append(
+                ev.TaskChanged(job.id, task.index, to.label, task.node, task.issued, why.cause, why.error)
+            )
+        if to in TERMINAL and job.status is JobStatus.RUNNING and job.done == job.total:
+            self._finish_job(job, why.now)
+
+    def _t_start(self, task: Task, why: Why) -> None:
+        if why.adopted is not None:
+            self._add_attempt(why.adopted)
+            return
+        assert why.node is not None
+        self._send(self._add_attempt(Attempt(task, why.node, task.issued + 1)))
+
+    def _t_succeed(self, task: Task, why: Why) -> None:
+        self._cancel_live(task)
+        self._row(task, why.result, why.value)
+
+    def _t_fail(self, task: Task, why: Why) -> None:
+        self._cancel_live(task)
+        self._row(task, why.result, why.value, why.error)
+
+    def _t_cancel(self, task: Task, why: Why) -> None:
+        self._cancel_live(task)
+        self._row(task, why.result, error=why.error)
+
+    def _t_retry_later(self, task: Task, why: Why) -> None:
+        self._cancel_live(task)
+        spec = task.job.spec
+        delay = min(spec.backoff_cap, spec.backoff_base * 2 ** (task.failures - 1))
+        task.ready_at = why.now + delay * (0.5 + 0.5 * self.rng.random())  # equal jitter
+        self._row(task, why.result)
+        self.backoff.append(task)
+
+    def _t_requeue(self, task: Task, why: Why) -> None:
+        self._cancel_live(task)
+        self._row(task)
+        task.job.requeued.appendleft(task)  # it waited already: first in line
+
+    def _t_ready(self, task: Task, why: Why) -> None:
+        task.job.requeued.append(task)
+
+    def _row(self, task: Task, result: TaskResult | None = None, value: Any = None, error: str = "") -> None:
+        # Writing ``issued`` makes every attempt number so far durable: after
+        # a crash the task goes on past them (see Task.durable).
+        task.durable = task.issued
+        r = result
+        self.out.task_rows.append(
+            TaskRow(
+                task.job.id,
+                task.index,
+                int(task.status),
+                task.issued,
+                task.failures,
+                task.node_failures,
+                task.node,
+                value,
+                error or (r.error if r else ""),
+                r.traceback if r else "",
+                r.exit_code if r else None,
+                r.stdout if r else b"",
+                r.stderr if r else b"",
+                r.started if r else 0.0,
+                r.ended if r else 0.0,
+            )
+        )
+
+    # --- the one place attempts come and go ---------------------------------------
+
+    def _add_attempt(self, attempt: Attempt) -> Attempt:
+        task, node = attempt.task, attempt.node
+        if attempt.number > task.issued:
+            task.issued = attempt.number
+        task.live.append(attempt)
+        task.node = node.id
+        self.attempts[attempt.id] = attempt
+        node.running[attempt.id] = attempt
+        node.in_flight_slots += task.job.spec.slots
+        return attempt
+
+    def _drop(self, attempt: Attempt) -> None:
+        task, node = attempt.task, attempt.node
+        task.live.remove(attempt)
+        del self.attempts[attempt.id]
+        del node.running[attempt.id]
+        node.in_flight_slots -= task.job.spec.slots
+
+    def _cancel_live(self, task: Task) -> None:
+        """Stop whatever attempts of ``task`` still run: its outcome is decided."""
+        for attempt in list(task.live):
+            self._drop(attempt)
+            self.out.cancels.setdefault(attempt.node.id, []).append(attempt.id)
+
+    def _send(self, attempt: Attempt) -> None:
+        task, node = attempt.task, attempt.node
+        spec = task.job.spec
+        runs = self.out.runs.get(node.id)
+        if runs is None:
+            runs = self.out.runs[node.id] = []
+        runs.append(TaskSpec(attempt.id, spec.kind, report_start=task.node_failures > 0, **spec.task_fields(task.index)))
+
+    def _finish_job(self, job: Job, now: float) -> None:
+        job.status = job.final_status()
+        job.finished_at = now
+        self.open_jobs.pop(job.id, None)
+        self.out.finished_jobs.append(job)
+        self.out.events.append(
+            ev.JobFinished(job.id, job.spec.name, job.status.value, job.counts_by_label(), job.reducer.result())
+        )
+        self._dirty_jobs.add(job)
+
