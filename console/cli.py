@@ -36,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a local demo cluster of real agents on 127.0.0.1 and run example jobs")
     demo.add_argument("--nodes", type=int, default=4, help="number of agents (default 4)")
     demo.add_argument("--chaos", action="store_true", help="kill -9 and restart agents during the jobs")
-    demo.add_argument("--headless", action="store_true", help="plain progress on stderr (the default for now)")
+    demo.add_argument("--headless", action="store_true", help="plain progress on stderr instead of the console (the default when stdout is not a terminal)")
     demo.add_argument("--job", action="append", default=[], metavar="NAME.toml", help="run only these demos/jobs files")
+
+    console = sub.add_parser("console", help="open the interactive console (attaches to the engine running on the state dir, else embeds one)")
+    console.add_argument("jobs", nargs="*", metavar="JOB.toml", help="job files to submit at start")
+    _engine_options(console)
+    console.add_argument("--theme", metavar="NAME", help="shoal-dark (default), shoal-light or shoal-high-contrast (remembered)")
 
     sub.add_parser("keys", help="print this console's public key (one OpenSSH line) for agents' authorized-keys files")
 
@@ -134,7 +139,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not 1 <= args.nodes <= 64:
         raise UserError("--nodes must be between 1 and 64")
-    return demo_main(args.nodes, args.chaos, args.job or None)
+    return demo_main(args.nodes, args.chaos, args.job or None, tui=sys.stdout.isatty() and not args.headless)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from console.launch import main as console_main
+
+    return console_main(args)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -380,6 +391,7 @@ async def _trust(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
+    "console": cmd_console,
     "keys": cmd_keys,
     "run": cmd_run,
     "jobs": cmd_jobs,

@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from console.headless import run_job
@@ -26,8 +27,9 @@ JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 DEMO_JOBS = ["squares.toml", "wordcount.toml", "collatz.toml", "flaky.toml"]
 
 
-async def _chaos(cluster: LocalCluster, stop: asyncio.Event, kills: list[str]) -> None:
+async def _chaos(cluster: LocalCluster, stop: asyncio.Event, kills: list[str], say: Callable[[str], None] | None = None) -> None:
     """Kill a random agent now and then, and bring it back on its port."""
+    say = say or (lambda text: print(text, file=sys.stderr))
     rng = random.Random()
     while not stop.is_set():
         try:
@@ -36,12 +38,12 @@ async def _chaos(cluster: LocalCluster, stop: asyncio.Event, kills: list[str]) -
         except asyncio.TimeoutError:
             pass
         victim = rng.choice(cluster.agents)
-        print(f"chaos: kill -9 {victim.name} ({victim.address})", file=sys.stderr)
+        say(f"chaos: kill -9 {victim.name} ({victim.address})")
         victim.kill(signal.SIGKILL)
         kills.append(victim.name)
         await asyncio.sleep(1.5)
         await asyncio.to_thread(victim.start, cluster.authorized_keys, victim.port)
-        print(f"chaos: {victim.name} is back", file=sys.stderr)
+        say(f"chaos: {victim.name} is back")
 
 
 async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
@@ -84,5 +86,38 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
             return worst
 
 
-def main(nodes: int = 4, chaos: bool = False, jobs: list[str] | None = None) -> int:
+async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
+    """The demo in the console: the same cluster, every job submitted at
+    start, the TUI on the terminal. Quitting stops the engine, then every
+    agent this demo started (the cluster's context)."""
+    from console.app import build_app, run_console
+
+    specs = [load_job_file(JOBS_DIR / name) for name in jobs]
+    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+        root = Path(tmp)
+        slots = [1 + (i % 3) for i in range(nodes)]
+        print(f"demo: starting {nodes} agents on 127.0.0.1 ...", file=sys.stderr)
+        with LocalCluster(root, slots, advertise=True) as cluster:
+            engine = await Engine.open(root / "console-state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
+            try:
+                await engine.wait_for_nodes(nodes, timeout=15)
+            except TimeoutError:
+                for address in cluster.addresses:
+                    await engine.add_node(address)
+            app = build_app(engine, config_dir=cluster.config_dir, jobs=specs)
+            stop = asyncio.Event()
+            kills: list[str] = []
+            chaos_task = asyncio.create_task(_chaos(cluster, stop, kills, say=lambda text: None)) if chaos else None
+            try:
+                await run_console(engine, app)
+            finally:
+                stop.set()
+                if chaos_task:
+                    await chaos_task
+    return 0
+
+
+def main(nodes: int = 4, chaos: bool = False, jobs: list[str] | None = None, *, tui: bool = False) -> int:
+    if tui:
+        return asyncio.run(run_demo_console(nodes, chaos, jobs or DEMO_JOBS))
     return asyncio.run(run_demo(nodes, chaos, jobs or DEMO_JOBS))

@@ -1,0 +1,118 @@
+"""What every screen shares: the status line, the footer, the feed hookup,
+and ``Pump`` (engine queries off the UI path, the latest request wins)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from textual.app import ComposeResult
+from textual.dom import DOMNode
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from console.feed import Feed
+from console.widgets.status import StatusBar
+from engine.interface import EngineError
+
+if TYPE_CHECKING:
+    from console.app import ShoalApp
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What the app publishes after each poll: the feed, and the jobs whose
+    tasks changed since the previous tick (their task views refetch)."""
+
+    feed: Feed
+    touched: frozenset[int]
+    forced: bool = False  # an operator action just ran: refetch everything
+
+
+class Pump(Generic[T]):
+    """Runs ``fetch(arg)`` in a worker for the newest ``want(arg)``.
+
+    Requests that arrive while a fetch runs collapse into one (the newest).
+    A fetch in flight is never cancelled (so no ``exclusive=True``): a call
+    over the control socket that is cut halfway would leave its answer in
+    the stream for the next call to read.
+    """
+
+    def __init__(self, node: DOMNode, fetch: Callable[[T], Awaitable[None]], name: str) -> None:
+        self._node = node
+        self._fetch = fetch
+        self._name = name
+        self._pending: tuple[T] | None = None
+        self._running = False
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def want(self, arg: T) -> None:
+        self._pending = (arg,)
+        if not self._running:
+            self._running = True
+            self._node.run_worker(self._drain(), name=self._name, group=self._name, exit_on_error=False)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending is not None:
+                (arg,) = self._pending
+                self._pending = None
+                try:
+                    await self._fetch(arg)
+                except EngineError as exc:
+                    self._node.notify(str(exc), title=self._name, severity="error")
+        finally:
+            self._running = False
+
+
+class ShoalScreen(Screen[None]):
+    """A screen with the status line on top and the footer below; it redraws
+    from the feed when the app ticks, and only while it is the one shown."""
+
+    TITLE_TEXT = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stale = True
+
+    @property
+    def shoal(self) -> ShoalApp:
+        return cast("ShoalApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield from self.compose_body()
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def on_mount(self) -> None:
+        self.shoal.tick_signal.subscribe(self, self._on_tick)
+        self._on_tick(Tick(self.shoal.feed, frozenset(), forced=True))
+
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self._on_tick(Tick(self.shoal.feed, frozenset(), forced=True))
+
+    def _on_tick(self, tick: Tick) -> None:
+        if not self.is_current:
+            self._stale = True
+            return
+        self._stale = False
+        feed = tick.feed
+        self.query_one(StatusBar).show(self.TITLE_TEXT, self.shoal.where, feed.nodes, feed.jobs)
+        self.show_tick(tick)
+
+    def show_tick(self, tick: Tick) -> None:
+        """Redraw from the feed (override)."""
+
+    def act(self, call: Callable[[], Awaitable[Any]], done: str) -> None:
+        """Run an operator action through the API; say what happened."""
+        self.shoal.act(call, done)

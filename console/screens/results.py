@@ -1,0 +1,125 @@
+"""A job's aggregated result (partial while it runs), and its export to a
+JSON or CSV file the operator names."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from console.screens.base import Pump, ShoalScreen, Tick
+from console.screens.dialogs import PathSuggester, PromptScreen
+from console.widgets import format as fmt
+from engine.views import JobInfo
+
+
+def export_path(text: str) -> Path:
+    """Where to write: a .json or .csv file in an existing folder."""
+    if not text.strip():
+        raise ValueError("type a path ending in .json or .csv")
+    path = Path(os.path.expanduser(text.strip()))
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise ValueError(f"{path.name}: the name must end in .json or .csv (that picks the format)")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent}: no such folder")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder")
+    return path
+
+
+def result_rows(result: Any) -> list[tuple[str, str]]:
+    """The result as key/value rows for CSV: a mapping by key, a list by
+    position, anything else as one row."""
+    def cell(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, default=repr, ensure_ascii=False)
+
+    if isinstance(result, dict):
+        return [(str(k), cell(v)) for k, v in result.items()]
+    if isinstance(result, (list, tuple)):
+        return [(str(i), cell(v)) for i, v in enumerate(result)]
+    return [("result", cell(result))]
+
+
+def render_export(path: Path, job: JobInfo, result: Any) -> tuple[str, int]:
+    """The file's text and how many result rows it holds."""
+    if path.suffix.lower() == ".csv":
+        rows = result_rows(result)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["key", "value"])
+        writer.writerows(rows)
+        return buf.getvalue(), len(rows)
+    doc = {"job": job.id, "name": job.name, "status": job.status, "counts": job.counts, "total": job.total, "result": result}
+    return json.dumps(doc, default=repr, ensure_ascii=False, indent=2) + "\n", len(result_rows(result))
+
+
+class ResultsScreen(ShoalScreen):
+    TITLE_TEXT = "Result"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("e", "export", "Export", id="result.export", tooltip="Write the aggregated result to a .json or .csv file"),
+        Binding("escape", "back", "Back", id="result.back", tooltip="Back to the jobs"),
+    ]
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.result: Any = None
+        self.loads: Pump[None] = Pump(self, self._fetch, "result")
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="result-head")
+        with VerticalScroll(id="result-pane"):
+            yield Static("", id="result-body", markup=False)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#result-pane").focus()
+
+    def show_tick(self, tick: Tick) -> None:
+        if tick.forced or self.job_id in tick.touched:
+            self.loads.want(None)
+
+    async def _fetch(self, _: None) -> None:
+        self.result = await self.shoal.api.result(self.job_id)
+        job = await self.shoal.api.job(self.job_id)
+        partial = " [$warning](partial: the job is still running)[/]" if job.status == "running" else ""
+        self.query_one("#result-head", Static).update(
+            f"[b]job {job.id} {job.name}[/]  {job.status}  {job.done:,}/{job.total:,} tasks  reduce: {job.reduce or '-'}{partial}"
+        )
+        self.query_one("#result-body", Static).update(fmt.pretty(self.result))
+
+    def action_export(self) -> None:
+        self.app.push_screen(
+            PromptScreen(
+                "Export the result",
+                export_path,
+                value=f"job-{self.job_id}.json",
+                hint="a path ending in .json (job, counts and result) or .csv (key,value rows)",
+                suggester=PathSuggester((".json", ".csv")),
+            ),
+            lambda path: self.run_worker(self._export(path), group="export") if path is not None else None,
+        )
+
+    async def _export(self, path: Path) -> None:
+        job = await self.shoal.api.job(self.job_id)
+        result = await self.shoal.api.result(self.job_id)
+        text, rows = render_export(path, job, result)
+        try:
+            await asyncio.to_thread(path.write_text, text)
+        except OSError as exc:
+            self.notify(f"cannot write {path}: {exc.strerror}", severity="error")
+            return
+        self.notify(f"wrote {rows} row(s) to {path}")
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

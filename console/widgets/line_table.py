@@ -1,0 +1,236 @@
+"""A keyboard-first table drawn with Textual's Line API.
+
+Only the visible rows are ever formatted: ``render_line(y)`` asks the
+subclass for row ``scroll_y + y - 1`` (line 0 is the header, which does not
+scroll). The stock ``DataTable`` keeps every row as widgets' state and costs
+seconds of CPU at 100,000 rows; this one costs the same at 10 rows or 10
+million, because a subclass may hold only a window of them (``TaskTable``).
+
+Cells are plain strings or ``(text, tone)`` pairs; a tone names a component
+class (``line-table--bad``...) so colours come from the theme's stylesheet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+Span = tuple[str, str]  # (text, tone)
+Cell = str | Span | list[Span]  # plain text, toned text, or toned pieces (a progress bar)
+Row = tuple[Cell, ...]
+
+TONES = ("good", "bad", "warn", "muted", "accent", "bar", "dim-bar")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    label: str
+    width: int  # cells; 0 = share what the fixed columns leave
+    right: bool = False  # right-aligned (numbers)
+
+
+class LineTable(ScrollView, can_focus=True):
+    """Rows from ``row(index)``; a cursor; Enter selects."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "line-table--header",
+        "line-table--cursor",
+        "line-table--placeholder",
+        *(f"line-table--{tone}" for tone in TONES),
+    }
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown,space", "page(1)", "Page down", show=False),
+        Binding("home,g", "jump(0)", "First row", show=False),
+        Binding("end,G", "jump(-1)", "Last row", show=False),
+        Binding("enter", "select", "Open", show=False),
+    ]
+
+    cursor: reactive[int] = reactive(0, always_update=True, init=False)
+
+    class Highlighted(Message):
+        """The cursor moved to ``row``."""
+
+        def __init__(self, table: LineTable, row: int) -> None:
+            super().__init__()
+            self.table = table
+            self.row = row
+
+        @property
+        def control(self) -> LineTable:
+            return self.table
+
+    class Selected(Highlighted):
+        """Enter (or a click) on ``row``."""
+
+    def __init__(self, columns: Sequence[Column], *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.columns = list(columns)
+        self._widths: tuple[int, list[int]] = (-1, [])
+
+    # --- what subclasses provide -------------------------------------------------
+
+    @property
+    def row_count(self) -> int:
+        raise NotImplementedError
+
+    def row(self, index: int) -> Row | None:
+        """The cells of row ``index``; None while it is not loaded yet."""
+        raise NotImplementedError
+
+    # --- geometry ------------------------------------------------------------------
+
+    @property
+    def visible_rows(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    @property
+    def first_visible(self) -> int:
+        return int(self.scroll_offset.y)
+
+    def rows_changed(self) -> None:
+        """Call after the row count or any row changed: resize and redraw."""
+        count = self.row_count
+        self.virtual_size = Size(self.scrollable_content_region.width, count + 1)
+        if count and self.cursor >= count:
+            self.cursor = count - 1
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.virtual_size = Size(event.size.width, self.row_count + 1)
+
+    def _column_widths(self, width: int) -> list[int]:
+        if self._widths[0] == width:
+            return self._widths[1]
+        gaps = len(self.columns) - 1
+        fixed = sum(c.width for c in self.columns)
+        flex = [c for c in self.columns if c.width == 0]
+        spare = max(0, width - fixed - gaps)
+        share = spare // len(flex) if flex else 0
+        widths = [c.width or share for c in self.columns]
+        self._widths = (width, widths)
+        return widths
+
+    # --- drawing -------------------------------------------------------------------
+
+    def _line(self, cells: Sequence[Cell], base: Style, width: int) -> Strip:
+        segments: list[Segment] = []
+        for column, size, cell in zip(self.columns, self._column_widths(width), cells, strict=False):
+            if size <= 0:
+                continue
+            spans = [(cell, "")] if isinstance(cell, str) else [cell] if isinstance(cell, tuple) else cell
+            room = size
+            used = sum(cell_len(text) for text, _ in spans)
+            if column.right and used < size:
+                segments.append(Segment(" " * (size - used), base))
+                room = used
+            for text, tone in spans:
+                if room <= 0:
+                    break
+                piece = set_cell_size(text, min(room, cell_len(text)))
+                segments.append(Segment(piece, base + self.get_component_rich_style(f"line-table--{tone}", partial=True) if tone else base))
+                room -= cell_len(piece)
+            if room > 0:
+                segments.append(Segment(" " * room, base))
+            segments.append(Segment(" ", base))
+        strip = Strip(segments)
+        return strip.adjust_cell_length(width, base)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if y == 0:
+            header = base + self.get_component_rich_style("line-table--header", partial=True)
+            return self._line([c.label for c in self.columns], header, width)
+        index = self.first_visible + y - 1
+        if index >= self.row_count:
+            return Strip.blank(width, base)
+        style = base + self.get_component_rich_style("line-table--cursor", partial=True) if index == self.cursor else base
+        cells = self.row(index)
+        if cells is None:
+            style += self.get_component_rich_style("line-table--placeholder", partial=True)
+            return self._line(["…"], style, width)
+        return self._line(cells, style, width)
+
+    # --- cursor ----------------------------------------------------------------------
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        top = self.first_visible
+        if new < top:
+            self.scroll_to(y=new, animate=False, immediate=True)
+        elif new >= top + self.visible_rows:
+            self.scroll_to(y=new - self.visible_rows + 1, animate=False, immediate=True)
+        self.refresh()
+        if self.row_count:
+            self.post_message(self.Highlighted(self, new))
+
+    def move_to(self, index: int) -> None:
+        count = self.row_count
+        self.cursor = max(0, min(index, count - 1)) if count else 0
+
+    def action_cursor(self, step: int) -> None:
+        self.move_to(self.cursor + step)
+
+    def action_page(self, direction: int) -> None:
+        self.move_to(self.cursor + direction * self.visible_rows)
+
+    def action_jump(self, where: int) -> None:
+        self.move_to(self.row_count - 1 if where < 0 else where)
+
+    def action_select(self) -> None:
+        if self.row_count:
+            self.post_message(self.Selected(self, self.cursor))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y >= 1:
+            self.move_to(self.first_visible + event.y - 1)
+            if event.chain == 2:
+                self.action_select()
+
+
+class ListTable(LineTable):
+    """A table of a few hundred rows at most (nodes, jobs, attempts), held
+    whole; ``set_rows`` keeps the cursor on the same key."""
+
+    def __init__(self, columns: Sequence[Column], *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(columns, id=id, classes=classes)
+        self.keys: list[str] = []
+        self.rows: list[Row] = []
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def row(self, index: int) -> Row | None:
+        return self.rows[index] if 0 <= index < len(self.rows) else None
+
+    @property
+    def cursor_key(self) -> str | None:
+        return self.keys[self.cursor] if 0 <= self.cursor < len(self.keys) else None
+
+    def set_rows(self, keys: list[str], rows: list[Row]) -> None:
+        current = self.cursor_key
+        unchanged = keys == self.keys and rows == self.rows
+        self.keys, self.rows = keys, rows
+        if unchanged:
+            return
+        self.rows_changed()
+        if current is not None and current in keys and keys.index(current) != self.cursor:
+            self.cursor = keys.index(current)
+        elif current is None and rows:
+            self.cursor = 0
