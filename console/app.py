@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.theme import Theme
+from textual.notifications import SeverityLevel
 from textual.signal import Signal
 
 import themes
@@ -47,6 +49,7 @@ RESULT_EVERY = 1.0  # seconds between partial-result queries of a running job
 AUDIT_EVERY = 2.0
 POLL_AT_LEAST = 1.0  # heartbeat ages and rates move even when no event came
 TOASTS_PER_TICK = 3
+SEVERITIES: dict[str, SeverityLevel] = {"error": "error", "warning": "warning", "info": "information"}
 # Textual's own keys that mean nothing in a table of rows.
 HIDDEN_IN_HELP = ("scroll_", "screenshot", "copy_text", "focus_")
 
@@ -109,12 +112,15 @@ class ShoalApp(App[None]):
 
     def on_mount(self) -> None:
         self.subscription = self.api.subscribe()
-        self.theme_changed_signal.subscribe(self, lambda theme: self._save_theme(theme.name))
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.set_interval(1.0 / self.refresh_hz, self._tick, name="feed")
         self.polls.want(True)
         for spec in self.to_submit:
-            self.act(lambda spec=spec: self.api.submit(spec, actor=ACTOR), lambda job_id, spec=spec: f"submitted job {job_id} ({spec.name})")
+            self.submit(spec)
         self.to_submit = []
+
+    def submit(self, spec: JobSpec) -> None:
+        self.act(lambda: self.api.submit(spec, actor=ACTOR), lambda job_id: f"submitted job {job_id} ({spec.name})")
 
     def on_unmount(self) -> None:
         if self.subscription is not None:
@@ -160,8 +166,7 @@ class ShoalApp(App[None]):
     def _toast(self, lines: Iterable[LogLine]) -> None:
         loud = [line for line in lines if line.notify]
         for line in loud[:TOASTS_PER_TICK]:
-            severity = "error" if line.level == "error" else "warning" if line.level == "warning" else "information"
-            self.notify(line.text, severity=severity, timeout=6)
+            self.notify(line.text, severity=SEVERITIES.get(line.level, "information"), timeout=6)
         if len(loud) > TOASTS_PER_TICK:
             self.notify(f"{len(loud) - TOASTS_PER_TICK} more alerts: see Events (3)", severity="warning")
 
@@ -210,9 +215,7 @@ class ShoalApp(App[None]):
                 hint="Tab or → completes the path · Enter submits · Esc cancels",
                 suggester=PathSuggester((".toml",)),
             ),
-            lambda spec: self.act(lambda: self.api.submit(spec, actor=ACTOR), lambda job_id: f"submitted job {job_id} ({spec.name})")
-            if spec is not None
-            else None,
+            lambda spec: self.submit(spec) if spec is not None else None,
         )
 
     def action_help(self) -> None:
@@ -242,6 +245,9 @@ class ShoalApp(App[None]):
         except (OSError, ValueError):
             return None
         return themes.resolve(str(saved.get("theme", ""))) if isinstance(saved, dict) else None
+
+    def _theme_changed(self, theme: Theme) -> None:
+        self._save_theme(theme.name)
 
     def _save_theme(self, name: str) -> None:
         path = self._settings_path()

@@ -65,13 +65,13 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
                 except TimeoutError:
                     print("demo: not every agent was discovered over mDNS; adding them by address", file=sys.stderr)
                     for address in cluster.addresses:
-                        engine.add_node(address)
+                        await engine.add_node(address)
                 for name in jobs:
                     spec = load_job_file(JOBS_DIR / name)
                     print(f"\ndemo: job {name}: {spec.task_count()} tasks", file=sys.stderr)
                     worst = max(worst, await run_job(engine, spec, as_json=False, summary=True))
                     ran.append(spec.task_count())
-                rows = sum(1 for job in engine.jobs() for _ in engine.task_results(job["id"]))
+                rows = sum([len(await engine.task_results(job.id)) for job in await engine.jobs()])
                 verdict = "each task exactly once" if rows == sum(ran) else "MISMATCH"
                 print(
                     f"\ndemo: {len(ran)} jobs, {sum(ran)} tasks, {rows} results stored: {verdict}"

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from textual.app import ComposeResult
-from textual.dom import DOMNode
+from textual.app import App, ComposeResult
+from textual.widget import Widget
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -41,7 +41,7 @@ class Pump(Generic[T]):
     the stream for the next call to read.
     """
 
-    def __init__(self, node: DOMNode, fetch: Callable[[T], Awaitable[None]], name: str) -> None:
+    def __init__(self, node: Widget | App[Any], fetch: Callable[[T], Awaitable[None]], name: str) -> None:
         self._node = node
         self._fetch = fetch
         self._name = name
@@ -88,7 +88,7 @@ class ShoalScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         yield from self.compose_body()
-        yield Footer()
+        yield Footer(compact=True)
 
     def compose_body(self) -> ComposeResult:
         yield from ()

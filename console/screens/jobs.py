@@ -18,16 +18,16 @@ BAR = 12
 
 COLUMNS = [
     Column("JOB", 4, right=True),
-    Column("NAME", 16),
+    Column("NAME", 14),
     Column("STATE", 9),
-    Column("PROGRESS", BAR + 5),
-    Column("DONE", 15, right=True),
-    Column("FAIL", 5, right=True),
-    Column("RUN", 4, right=True),
-    Column("QUEUE", 7, right=True),
-    Column("RATE", 8, right=True),
-    Column("ETA", 7, right=True),
-    Column("RESULT", 0),
+    Column("PROGRESS", BAR + 5, keep=8),
+    Column("DONE", 15, right=True, keep=7),
+    Column("FAIL", 5, right=True, keep=6),
+    Column("RUN", 4, right=True, keep=2),
+    Column("QUEUE", 7, right=True, keep=2),
+    Column("RATE", 8, right=True, keep=5),
+    Column("ETA", 7, right=True, keep=4),
+    Column("RESULT", 0, keep=3),
 ]
 
 

@@ -18,17 +18,17 @@ SPARK_WIDTH = 20
 
 COLUMNS = [
     Column("NODE", 21),
-    Column("HOST", 0),
+    Column("HOST", 0, keep=1),
     Column("STATE", 10),
-    Column("SLOTS", 5, right=True),
-    Column("CPU", 4, right=True),
-    Column("CPU 1 MIN", SPARK_WIDTH),
-    Column("MEM", 4, right=True),
-    Column("LOAD", 5, right=True),
-    Column("QUEUE", 5, right=True),
-    Column("DONE", 7, right=True),
-    Column("FAIL", 5, right=True),
-    Column("BEAT", 5, right=True),
+    Column("SLOTS", 5, right=True, keep=8),
+    Column("CPU", 4, right=True, keep=7),
+    Column("CPU 1 MIN", SPARK_WIDTH, keep=5),
+    Column("MEM", 4, right=True, keep=4),
+    Column("LOAD", 5, right=True, keep=2),
+    Column("QUEUE", 5, right=True, keep=2),
+    Column("DONE", 7, right=True, keep=6),
+    Column("FAIL", 5, right=True, keep=6),
+    Column("BEAT", 5, right=True, keep=3),
 ]
 
 

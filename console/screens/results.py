@@ -107,8 +107,12 @@ class ResultsScreen(ShoalScreen):
                 hint="a path ending in .json (job, counts and result) or .csv (key,value rows)",
                 suggester=PathSuggester((".json", ".csv")),
             ),
-            lambda path: self.run_worker(self._export(path), group="export") if path is not None else None,
+            self._export_to,
         )
+
+    def _export_to(self, path: Path | None) -> None:
+        if path is not None:
+            self.run_worker(self._export(path), group="export")
 
     async def _export(self, path: Path) -> None:
         job = await self.shoal.api.job(self.job_id)

@@ -20,8 +20,8 @@ from engine.views import AttemptInfo, TaskDetail
 ATTEMPT_COLUMNS = [
     Column("#", 3, right=True),
     Column("NODE", 21),
-    Column("START", 8),
-    Column("END", 8),
+    Column("START", 8, keep=5),
+    Column("END", 8, keep=4),
     Column("TIME", 8, right=True),
     Column("OUTCOME", 10),
     Column("EXIT", 4, right=True),

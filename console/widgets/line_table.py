@@ -34,11 +34,15 @@ Row = tuple[Cell, ...]
 TONES = ("good", "bad", "warn", "muted", "accent", "bar", "dim-bar")
 
 
+FLEX_MIN = 10  # a flexible column narrower than this is dropped instead
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     label: str
     width: int  # cells; 0 = share what the fixed columns leave
     right: bool = False  # right-aligned (numbers)
+    keep: int = 9  # on a narrow terminal, columns with the lowest ``keep`` go first
 
 
 class LineTable(ScrollView, can_focus=True):
@@ -115,14 +119,25 @@ class LineTable(ScrollView, can_focus=True):
         self.virtual_size = Size(event.size.width, self.row_count + 1)
 
     def _column_widths(self, width: int) -> list[int]:
+        """Cells per column for this width (0: not shown). Flexible columns
+        share the spare room; when it is too narrow, the columns least worth
+        keeping are dropped until the rest fit, so 80 columns stay readable."""
         if self._widths[0] == width:
             return self._widths[1]
-        gaps = len(self.columns) - 1
-        fixed = sum(c.width for c in self.columns)
-        flex = [c for c in self.columns if c.width == 0]
-        spare = max(0, width - fixed - gaps)
-        share = spare // len(flex) if flex else 0
-        widths = [c.width or share for c in self.columns]
+        shown = list(range(len(self.columns)))
+
+        def spare() -> int:
+            fixed = sum(self.columns[i].width + 1 for i in shown)
+            flex = sum(1 for i in shown if self.columns[i].width == 0)
+            return width - fixed - flex * FLEX_MIN
+
+        while spare() < 0 and len(shown) > 1:
+            shown.remove(min(shown, key=lambda i: (self.columns[i].keep, -i)))
+        flex = [i for i in shown if self.columns[i].width == 0]
+        room = width - sum(self.columns[i].width + 1 for i in shown)
+        widths = [0] * len(self.columns)
+        for i in shown:
+            widths[i] = self.columns[i].width or max(0, room // len(flex))
         self._widths = (width, widths)
         return widths
 

@@ -20,10 +20,10 @@ WINDOW = 300  # rows fetched per query: three screens of a tall terminal
 COLUMNS = [
     Column("TASK", 8, right=True),
     Column("STATUS", 10),
-    Column("NODE", 22),
-    Column("TRIES", 5, right=True),
-    Column("TIME", 8, right=True),
-    Column("ERROR", 0),
+    Column("NODE", 22, keep=6),
+    Column("TRIES", 5, right=True, keep=5),
+    Column("TIME", 8, right=True, keep=7),
+    Column("ERROR", 0, keep=8),
 ]
 
 

@@ -1,0 +1,25 @@
+"""Task functions for the console tests, imported inside the agents' worker
+processes."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def square_odd_fails(n: int) -> int:
+    """n*n for even n; odd n fail, with a line on stderr first."""
+    if n % 2:
+        print(f"about to fail on {n}", file=sys.stderr)
+        raise ValueError(f"odd item {n}")
+    print(f"square of {n}")
+    return n * n
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
