@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from console.screens.base import Pump, ShoalScreen, Tick
 from console.screens.dialogs import ConfirmScreen
+from console.screens.tasks import rerun_task
 from console.widgets import format as fmt
 from console.widgets.line_table import Column, ListTable, Row
 from engine.views import AttemptInfo, TaskDetail
@@ -75,7 +76,7 @@ class TaskDetailScreen(ShoalScreen):
     TITLE_TEXT = "Task"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("R", "resubmit", "Rerun", id="detail.resubmit", tooltip="Run this task again (asks first if it succeeded)"),
+        Binding("R", "resubmit", "Rerun", id="detail.resubmit", tooltip="Run this failed or cancelled task again"),
         Binding("x", "cancel", "Cancel", id="detail.cancel", tooltip="Cancel this task (asks first)"),
         Binding("escape", "back", "Back", id="detail.back", tooltip="Back to the tasks"),
     ]
@@ -139,18 +140,8 @@ class TaskDetailScreen(ShoalScreen):
         self.query_one("#detail-stderr", Static).update("STDERR (tail)\n" + (d.stderr_tail.rstrip() or "(empty)"))
 
     def action_resubmit(self) -> None:
-        api, job_id, index = self.shoal.api, self.job_id, self.index
-
-        def rerun() -> None:
-            self.act(lambda: api.resubmit(job_id, [index], failed_only=False, actor="console"), f"task {job_id}/{index} queued again")
-
-        if self.detail is not None and self.detail.status in ("succeeded", "running"):
-            self.app.push_screen(
-                ConfirmScreen(f"Run task {job_id}/{index} again?", f"It is {self.detail.status}; the new run replaces it.", yes="Run again"),
-                lambda yes: rerun() if yes else None,
-            )
-        else:
-            rerun()
+        if self.detail is not None:
+            rerun_task(self, self.job_id, self.index, self.detail.status)
 
     def action_cancel(self) -> None:
         api, job_id, index = self.shoal.api, self.job_id, self.index

@@ -73,7 +73,7 @@ class TasksScreen(ShoalScreen):
         Binding("slash", "filter", "Filter", id="task.filter", tooltip="Filter: status:failed node:HOST:PORT or words of the error"),
         Binding("o", "sort", "Sort", id="task.sort", tooltip="Sort by the next column (index, status, node, attempts, duration, error)"),
         Binding("O", "reverse", "Reverse", id="task.reverse", tooltip="Reverse the sort order"),
-        Binding("R", "resubmit_task", "Rerun task", id="task.resubmit", tooltip="Run this task again (asks first if it succeeded)"),
+        Binding("R", "resubmit_task", "Rerun task", id="task.resubmit", tooltip="Run this failed or cancelled task again"),
         Binding("x", "cancel_task", "Cancel task", id="task.cancel", tooltip="Cancel this task (asks first)"),
         Binding("F", "resubmit_failed", "Rerun failed", id="task.resubmit_failed", tooltip="Run all failed tasks of this job again"),
         Binding("escape", "back", "Back", id="task.back", tooltip="Back to the jobs"),
@@ -179,20 +179,8 @@ class TasksScreen(ShoalScreen):
 
     def action_resubmit_task(self) -> None:
         task = self._selected()
-        if task is None:
-            return
-        api, job_id, index = self.shoal.api, self.job_id, task.index
-
-        def rerun() -> None:
-            self.act(lambda: api.resubmit(job_id, [index], failed_only=False, actor="console"), f"task {job_id}/{index} queued again")
-
-        if task.status in ("succeeded", "running"):
-            self.app.push_screen(
-                ConfirmScreen(f"Run task {job_id}/{index} again?", f"It is {task.status}; its {'result' if task.status == 'succeeded' else 'running attempt'} is replaced by the new run.", yes="Run again"),
-                lambda yes: rerun() if yes else None,
-            )
-        else:
-            rerun()
+        if task is not None:
+            rerun_task(self, self.job_id, task.index, task.status)
 
     def action_cancel_task(self) -> None:
         task = self._selected()
@@ -213,6 +201,16 @@ class TasksScreen(ShoalScreen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def rerun_task(screen: ShoalScreen, job_id: int, index: int, status: str) -> None:
+    """Run one failed or cancelled task again (the engine reruns only those:
+    a succeeded task's result stays as it is)."""
+    if status not in ("failed", "cancelled"):
+        screen.notify(f"task {job_id}/{index} is {status}: only failed or cancelled tasks run again", severity="warning")
+        return
+    api = screen.shoal.api
+    screen.act(lambda: api.resubmit(job_id, [index], failed_only=True, actor="console"), f"task {job_id}/{index} queued again")
 
 
 class FailuresScreen(TasksScreen):
