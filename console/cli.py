@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("job", type=int, metavar="JOB")
     cancel.add_argument("--task", type=int, action="append", metavar="N", help="only this task index (repeatable)")
     _live_options(cancel)
+
+    events = sub.add_parser("events", help="tail a running engine's event stream")
+    events.add_argument("--state-dir", help="the running engine's state dir (default: XDG state dir)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--job", type=int, metavar="N", help="only this job's events (and node events)")
+    events.add_argument("--kind", action="append", metavar="KIND", help="only events of this kind, e.g. TaskChanged (repeatable)")
+    events.add_argument("--since", type=int, metavar="SEQ", help="first replay the events after this sequence number")
 
     trust = sub.add_parser("trust", help="pin an agent's SSH host key (first trust, like ssh)")
     trust.add_argument("node", metavar="HOST:PORT")
@@ -192,7 +198,7 @@ async def _run(args: argparse.Namespace, spec: Any) -> int:
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     try:
-        if not engine.nodes() and not args.mdns_interface:
+        if not await engine.nodes() and not args.mdns_interface:
             raise UserError("no nodes: give --node HOST:PORT or --mdns-interface IP")
         return await run_job(engine, spec, as_json=args.json, quiet=args.quiet)
     finally:
@@ -210,39 +216,42 @@ def _open_store(state_dir: str | None) -> Any:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    rows = _live(args.state_dir, lambda r: r.jobs())
-    if rows is None:
-        rows = _open_store(args.state_dir).jobs()
+    from engine.live import LiveState, job_info
+
+    jobs = _ask(args.state_dir, lambda r: r.jobs())
+    if jobs is None:
+        now, nothing_live = time.time(), LiveState()
+        jobs = [job_info(row, None, nothing_live, now) for row in _open_store(args.state_dir).jobs()]
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([j.to_dict() for j in jobs]))
         return EXIT_OK
     print(f"{'JOB':>5}  {'NAME':<24} {'STATUS':<10} {'DONE':>12}  FAILED")
-    for row in rows:
-        counts = row["counts"] or {}
-        done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "cancelled"))
-        print(f"{row['id']:>5}  {row['name'][:24]:<24} {row['status']:<10} {done:>6}/{row['total']:<5}  {counts.get('failed', 0)}")
+    for j in jobs:
+        print(f"{j.id:>5}  {j.name[:24]:<24} {j.status:<10} {j.done:>6}/{j.total:<5}  {j.counts.get('failed', 0)}")
     return EXIT_OK
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    live = _live(args.state_dir, lambda r: r.nodes())
-    rows = live if live is not None else [{"node": n, "state": "unknown (no engine running)"} for n in _open_store(args.state_dir).known_nodes()]
+    from engine.views import NodeInfo
+
+    nodes = _ask(args.state_dir, lambda r: r.nodes())
+    if nodes is None:
+        known = _open_store(args.state_dir).known_nodes()
+        nodes = [NodeInfo(id=n, state="unknown", detail="no engine running") for n in known]
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([n.to_dict() for n in nodes]))
         return EXIT_OK
-    print(f"{'NODE':<22} {'STATE':<10} {'SLOTS':>5} {'BUSY':>4} {'CPU%':>5} {'MEM%':>5}  DRAINED  HOST")
-    for row in rows:
-        cpu = "" if row.get("cpu") is None else f"{row['cpu']:.0f}"
-        mem = "" if row.get("mem") is None else f"{row['mem']:.0f}"
-        print(
-            f"{row['node']:<22} {row.get('state', ''):<10} {row.get('slots', ''):>5} {row.get('slots_busy', ''):>4}"
-            f" {cpu:>5} {mem:>5}  {'yes' if row.get('drained') else 'no':<7}  {row.get('hostname', '')}"
-        )
+    print(f"{'NODE':<22} {'STATE':<10} {'SLOTS':>5} {'BUSY':>4} {'CPU%':>5} {'MEM%':>5}  HOST")
+    for n in nodes:
+        cpu = "" if n.cpu is None else f"{n.cpu:.0f}"
+        mem = "" if n.mem is None else f"{n.mem:.0f}"
+        print(f"{n.id:<22} {n.state:<10} {n.slots:>5} {n.slots_busy:>4} {cpu:>5} {mem:>5}  {n.hostname}")
     return EXIT_OK
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from console.headless import format_result
+    from engine.reducers import results_to_csv
 
     store = _open_store(args.state_dir)
     if store.job_spec(args.job) is None:
@@ -251,76 +260,92 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"job": args.job, "result": store.job_result(args.job), "tasks": rows}, default=repr))
     elif args.csv:
-        buf = io.StringIO()
-        fields = ["index", "status", "attempts", "node", "value", "error", "exit_code", "duration"]
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "value": json.dumps(row["value"], default=repr)})
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(results_to_csv(rows))
     else:
         print(format_result(store.job_result(args.job)))
     failed = any(row["status"] == "failed" for row in rows)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-async def _remote(state_dir: str | None, call: Callable[[Any], Any]) -> Any:
-    """Run ``call(remote_engine)`` against the engine that drives the state dir."""
-    from engine.control import ControlError, connect
+def _ask(state_dir: str | None, call: Callable[[Any], Any], *, required: str = "") -> Any:
+    """``call(engine)`` against the engine running on the state dir, over
+    its socket. With no engine there: None, or (when ``required`` says what
+    needed one) a UserError. A refused call is a UserError."""
+    from engine.control import connect
+    from engine.interface import EngineError
     from engine.paths import state_dir as default_state_dir
 
-    try:
-        remote = await connect(default_state_dir(state_dir))
-    except ControlError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        return await call(remote)
-    except ControlError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        await remote.close()
+    async def ask() -> Any:
+        try:
+            remote = await connect(default_state_dir(state_dir))
+        except EngineError as exc:
+            if required:
+                raise UserError(f"{exc}: {required}") from None
+            return None
+        try:
+            return await call(remote)
+        except EngineError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            await remote.close()
+
+    return asyncio.run(ask())
+
+
+_STEERS = "drain, undrain, cancel and resubmit steer the engine of a running 'shoal run' or 'shoal console'"
 
 
 def _steer(args: argparse.Namespace, call: Callable[[Any], Any], done: str) -> int:
-    answer = asyncio.run(_remote(args.state_dir, call))
+    answer = _ask(args.state_dir, call, required=_STEERS)
     print(json.dumps({"ok": True, "answer": answer}) if args.json else done.format(answer=answer))
     return EXIT_OK
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
     how = "its running tasks requeued" if args.requeue else "running tasks finish there"
-    return _steer(args, lambda r: r.drain(args.node, args.requeue), f"drained {args.node} ({how})")
+    return _steer(args, lambda r: r.drain(args.node, requeue=args.requeue, actor="shoal drain"), f"drained {args.node} ({how})")
 
 
 def cmd_undrain(args: argparse.Namespace) -> int:
-    return _steer(args, lambda r: r.undrain(args.node), f"undrained {args.node}")
+    return _steer(args, lambda r: r.undrain(args.node, actor="shoal undrain"), f"undrained {args.node}")
 
 
 def cmd_resubmit(args: argparse.Namespace) -> int:
-    return _steer(args, lambda r: r.resubmit(args.job, not args.all), f"job {args.job}: {{answer}} tasks queued again")
+    return _steer(
+        args,
+        lambda r: r.resubmit(args.job, failed_only=not args.all, actor="shoal resubmit"),
+        f"job {args.job}: {{answer}} tasks queued again",
+    )
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    what = f"tasks {args.task}" if args.task else "all its unfinished tasks"
-    return _steer(args, lambda r: r.cancel(args.job, args.task), f"job {args.job}: cancelled {what}")
+    return _steer(
+        args, lambda r: r.cancel(args.job, args.task, actor="shoal cancel"), f"job {args.job}: {{answer}} tasks cancelled"
+    )
 
 
-def _live(state_dir: str | None, call: Callable[[Any], Any]) -> Any:
-    """Ask the running engine, or None when no engine runs there."""
-    from engine.control import ControlError, connect
-    from engine.paths import state_dir as default_state_dir
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow the engine's events until it stops (or Ctrl-C)."""
 
-    async def ask() -> Any:
-        try:
-            remote = await connect(default_state_dir(state_dir))
-        except ControlError:
-            return None
-        try:
-            return await call(remote)
-        finally:
-            await remote.close()
+    async def follow(remote: Any) -> None:
+        subscription = remote.subscribe(job=args.job, kinds=args.kind, since=args.since)
+        async for event in subscription:
+            print(_event_line(event, args.json), flush=True)
 
-    return asyncio.run(ask())
+    _ask(args.state_dir, follow, required="'shoal events' follows a running engine")
+    return EXIT_OK
+
+
+def _event_line(event: Any, as_json: bool) -> str:
+    from engine.events import event_to_dict
+
+    data = event_to_dict(event)
+    if as_json:
+        return json.dumps(data, default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else repr(v))
+    kind, seq, t = data.pop("event"), data.pop("seq"), data.pop("t")
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    fields = " ".join(f"{k}={v.decode('utf-8', 'replace')!r}" if isinstance(v, bytes) else f"{k}={v!r}" for k, v in data.items())
+    return f"{stamp} #{seq} {kind} {fields}"
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
@@ -374,15 +399,16 @@ async def _trust(args: argparse.Namespace) -> int:
     print(f"trusted {args.node} ({fp})")
     # A running engine re-reads the pinned key when it next tries the node;
     # nudge it to try now.
-    from engine.control import ControlError, connect
+    from engine.control import connect
+    from engine.interface import EngineError
 
     try:
         remote = await connect(default_state_dir(args.state_dir))
-    except ControlError:
+    except EngineError:
         return EXIT_OK
     try:
-        await remote.trust(args.node, args.replace)
-    except ControlError:
+        await remote.trust(args.node, replace=args.replace, actor="shoal trust")
+    except EngineError:
         pass  # it has not seen this node: it will pick the key up when it does
     finally:
         await remote.close()
@@ -402,6 +428,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "undrain": cmd_undrain,
     "resubmit": cmd_resubmit,
     "cancel": cmd_cancel,
+    "events": cmd_events,
 }
 
 

@@ -64,14 +64,14 @@ class Progress:
 async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool = False, summary: bool = False) -> int:
     """Submit, follow, print the result. Returns the exit code."""
     out = Progress(sys.stderr, quiet)
-    events = engine.events()
+    events = engine.subscribe()
     started = time.monotonic()
     resumed = engine.find_unfinished(spec)
     if resumed is not None:
         job_id = resumed
         out.message(f"shoal: resuming job {job_id} ({spec.name}) left unfinished in {engine.state_dir}")
     else:
-        job_id = engine.submit(spec, actor="shoal run")
+        job_id = await engine.submit(spec, actor="shoal run")
     waiter = asyncio.create_task(engine.wait(job_id))
     total = spec.task_count()
     failures: list[str] = []
@@ -80,7 +80,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
     try:
         while not waiter.done():
             await asyncio.wait({waiter}, timeout=REDRAW_SECONDS)
-            for event in events.get_nowait_all():
+            for event in events.take_ready():
                 if isinstance(event, ev.Alert):
                     out.message(f"shoal: {event.level}: {event.message}")
                 elif isinstance(event, ev.TaskChanged) and event.status == "failed" and event.job == job_id:
@@ -94,9 +94,10 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
                     out.message(f"shoal: cannot reach node {event.node} yet: {event.detail}")
                 elif isinstance(event, ev.NodeChanged) and event.state == "up":
                     unreachable.discard(event.node)
-            counts = engine.counts(job_id)
+            counts = (await engine.job(job_id)).counts
             done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
-            nodes_up = sum(1 for n in engine.nodes() if n["state"] == "up")
+            nodes = await engine.nodes()
+            nodes_up = sum(1 for n in nodes if n.state in ("up", "draining", "drained"))
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
             out.line(
@@ -104,7 +105,7 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
                 f"  failed {counts.get('failed', 0)}  nodes {nodes_up}  {rate:,.0f}/s"
             )
             if nodes_up == 0 and elapsed > NO_NODE_GRACE_SECONDS and warned_untrusted and done == 0:
-                if all(n["state"] in ("untrusted", "refused") for n in engine.nodes()):
+                if all(n.state in ("untrusted", "refused") for n in nodes):
                     out.end("shoal: no trusted node to run on (see the messages above)")
                     return 2
     finally:
@@ -112,8 +113,8 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
         if not waiter.done():
             waiter.cancel()
     status = waiter.result()
-    counts = engine.counts(job_id)
-    result = engine.result(job_id)
+    counts = (await engine.job(job_id)).counts
+    result = await engine.result(job_id)
     elapsed = time.monotonic() - started
     out.end(
         f"{spec.name}: {status} in {elapsed:.1f}s — {counts.get('succeeded', 0)} succeeded,"

@@ -1,7 +1,9 @@
-"""The engine's public API: ``Engine`` (async) and ``Cluster`` (sync).
+"""The engine's public API: ``Engine`` (embedded, async) and ``Cluster`` (sync).
 
-The TUI, the headless runner, the control socket and user scripts all go
-through ``Engine``; nothing here knows about any UI.
+``Engine`` implements ``EngineAPI`` (engine/interface.py), like
+``RemoteEngine`` does over the control socket: the TUI, the headless runner,
+the ``shoal`` subcommands and user scripts all speak it. Nothing here knows
+about any UI.
 
     with Cluster(nodes=["10.0.0.5:7447"]) as cluster:
         job = cluster.map("mymod:square", range(100), reduce="sum")
@@ -15,27 +17,33 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Collection, Coroutine, Iterable, Sequence, TypeVar
 
 from engine import core as c
-from engine import events as ev
-from engine import inputs
+from engine import inputs, live, taskquery
 from engine.control import SOCKET_NAME, ControlServer
 from engine.coordinator import Coordinator, engine_lock
-from engine.interface import EngineAPI, EngineError, Subscription
+from engine.discovery import parse_node_address
+from engine.events import LocalSubscription
+from engine.interface import EngineAPI, EngineError, JobFailed, Subscription
+from engine.model import TERMINAL, TaskStatus
 from engine.paths import config_dir as default_config_dir
 from engine.paths import state_dir as default_state_dir
 from engine.spec import JobSpec
 from engine.store import Store
 from engine.trust import KnownHosts, display_endpoint, load_or_create_console_key
+from engine.views import AttemptInfo, AuditEntry, JobInfo, LoadSample, NodeInfo, TaskDetail, TaskPage
 
-__all__ = ["Cluster", "Engine", "EngineAPI", "EngineError", "Subscription", "spec_for"]
+__all__ = ["AsyncJob", "Cluster", "Engine", "EngineAPI", "EngineError", "JobFailed", "JobHandle", "Subscription", "spec_for"]
 
 log = logging.getLogger("shoal.engine")
+T = TypeVar("T")
 
 
 class Engine:
     """One embedded engine driving one state dir."""
+
+    attached = False
 
     def __init__(self, coordinator: Coordinator, lock: Any, state_dir: Path) -> None:
         self.coordinator = coordinator
@@ -76,7 +84,7 @@ class Engine:
             except OSError as exc:  # e.g. a state dir path too long for AF_UNIX
                 log.warning("no control socket in %s: %s (local clients cannot attach)", sdir, exc)
             for address in nodes:
-                coordinator.add_node(address)
+                await engine.add_node(address)
             if mdns_interfaces:
                 await engine._start_discovery(list(mdns_interfaces))
         except BaseException:
@@ -119,16 +127,209 @@ class Engine:
 
     # --- jobs -------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, actor: str = "api") -> int:
+    async def submit(self, spec: JobSpec, *, actor: str = "api") -> int:
         return self.coordinator.submit(spec, actor)
 
+    async def jobs(self) -> list[JobInfo]:
+        now, held = time.time(), self.coordinator.core.jobs
+        return [live.job_info(row, held.get(row["id"]), self.coordinator.live, now) for row in self.coordinator.store.jobs()]
+
+    async def job(self, job_id: int) -> JobInfo:
+        rows = self.coordinator.store.jobs(job_id)
+        if not rows:
+            raise EngineError(f"no job {job_id} (see 'shoal jobs')")
+        return live.job_info(rows[0], self.coordinator.core.jobs.get(job_id), self.coordinator.live, time.time())
+
+    async def result(self, job_id: int) -> Any:
+        """The aggregated result (partial while the job runs)."""
+        self._known(job_id)
+        return self.coordinator.job_result(job_id)
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> str:
+        """Wait until the job ends; return its status. TimeoutError if it
+        is still running after ``timeout`` seconds."""
+        self._known(job_id)
+        try:
+            await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"job {job_id} is still running after {timeout:g}s") from None
+        return (await self.job(job_id)).status
+
+    async def cancel(self, job_id: int, indices: list[int] | None = None, *, actor: str = "api") -> int:
+        """Cancel the job's unfinished tasks (or those of ``indices``);
+        returns how many were cancelled. An ended job has none: 0."""
+        total = self._known(job_id)
+        if indices is not None:
+            bad = [i for i in indices if not 0 <= i < total]
+            if bad:
+                raise EngineError(f"job {job_id} has no task {bad[0]} (it has {total})")
+        job = self.coordinator.core.jobs.get(job_id)
+        if job is None or job.status.value != "running":
+            return 0
+        before = job.counts[TaskStatus.CANCELLED]
+        self.coordinator.operate(inputs.CancelJob(job_id, actor, time.time(), indices))
+        self.coordinator.settle()
+        return job.counts[TaskStatus.CANCELLED] - before
+
+    async def resubmit(
+        self, job_id: int, indices: list[int] | None = None, *, failed_only: bool = True, actor: str = "api"
+    ) -> int:
+        """Failed and cancelled tasks (those of ``indices`` only, if given)
+        back to the queue; with ``failed_only=False`` the whole ended job
+        from scratch. Returns how many tasks were queued."""
+        self._known(job_id)
+        try:
+            count = self.coordinator.resubmit(job_id, failed_only, actor, indices)
+        except (KeyError, ValueError) as exc:
+            raise EngineError(_one_line(exc)) from None
+        self.coordinator.settle()
+        return count
+
+    # --- tasks --------------------------------------------------------------------
+
+    async def tasks(
+        self,
+        job_id: int,
+        *,
+        status: str | None = None,
+        node: str | None = None,
+        text: str | None = None,
+        order: str = "index",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> TaskPage:
+        total = self._known(job_id)
+        self.coordinator.settle()
+        core = self.coordinator.core
+        job = core.jobs.get(job_id)
+        now = time.time()
+        if job is not None and job.status.value == "running":
+            held = live.live_tasks(core, job, now)
+            fresh = range(job.cursor, job.total)
+            pending = any(t.status == TaskStatus.PENDING for t in held)
+            errors = self.coordinator.store.open_errors(job_id) if pending else {}
+        else:
+            held, fresh, errors = [], range(total, total), {}
+        try:
+            return taskquery.page(
+                self.coordinator.store, job_id, live=held, open_errors=errors, fresh=fresh, status=status,
+                node=node, text=text, order=order, descending=descending, offset=offset, limit=limit,
+            )
+        except taskquery.QueryError as exc:
+            raise EngineError(str(exc)) from None
+
+    async def task(self, job_id: int, index: int) -> TaskDetail:
+        total = self._known(job_id)
+        if not 0 <= index < total:
+            raise EngineError(f"job {job_id} has no task {index} (it has {total})")
+        self.coordinator.settle()
+        coordinator = self.coordinator
+        job = coordinator.core.jobs.get(job_id)
+        held = live.find_task(coordinator.core, job, index) if job is not None else None
+        row = coordinator.store.task_row(job_id, index)
+        attempts = [
+            AttemptInfo(f"{job_id}.{index}.{number}", node, started, ended, outcome, exit_code, error)
+            for number, node, started, ended, outcome, exit_code, error in coordinator.store.attempt_rows(job_id, index)
+        ]
+        finished = row is not None and row["status"] in TERMINAL and held is None
+        if row is not None and finished and row["node"]:
+            attempts.append(
+                AttemptInfo(
+                    f"{job_id}.{index}.{row['attempts']}", row["node"], row["started"], row["ended"],
+                    row["status"].label, row["exit_code"], row["error"],
+                )
+            )
+        if held is not None:
+            attempts += [AttemptInfo(a.id, a.node.id, a.started_at or None, None, "running") for a in held.live]
+            status, node = held.status.label, held.node
+        elif row is not None:
+            status, node = row["status"].label, row["node"]
+        else:
+            status, node = "queued", ""
+        tail = coordinator.live.tails.get((job_id, index)) if held is not None else None
+        if tail is not None:
+            stdout, stderr = bytes(tail.stdout), bytes(tail.stderr)
+        elif row is not None and finished:
+            stdout, stderr = row["stdout"], row["stderr"]
+        else:
+            stdout = stderr = b""
+        progress, message = coordinator.live.progress.get((job_id, index), (None, "")) if held is not None else (None, "")
+        return TaskDetail(
+            job=job_id,
+            index=index,
+            status=status,
+            node=node,
+            attempts=attempts,
+            stdout_tail=stdout.decode("utf-8", "replace"),
+            stderr_tail=stderr.decode("utf-8", "replace"),
+            progress=progress,
+            message=message,
+            value=row["value"] if row is not None and finished else None,
+            # A task waiting for a retry shows why its last attempt failed.
+            error=row["error"] if row is not None else "",
+            traceback=row["traceback"] if row is not None else "",
+        )
+
+    async def task_results(self, job_id: int) -> list[dict[str, Any]]:
+        """Every stored task row of the job, by index (the whole job: for
+        scripts and exports; a UI pages with ``tasks()``)."""
+        self._known(job_id)
+        self.coordinator.settle()
+        return self.coordinator.store.task_results(job_id)
+
+    # --- nodes ------------------------------------------------------------------
+
+    async def nodes(self) -> list[NodeInfo]:
+        return self.coordinator.node_infos()
+
+    async def node_history(self, node: str, seconds: float = 60.0) -> list[LoadSample]:
+        return self.coordinator.live.node_history(self._node(node), seconds, time.time())
+
+    async def drain(self, node: str, *, requeue: bool = False, actor: str = "api") -> None:
+        self.coordinator.operate(inputs.DrainNode(self._node(node), requeue, actor, time.time()))
+        self.coordinator.settle()
+
+    async def undrain(self, node: str, *, actor: str = "api") -> None:
+        self.coordinator.operate(inputs.UndrainNode(self._node(node), actor, time.time()))
+        self.coordinator.settle()
+
+    async def trust(self, node: str, *, replace: bool = False, actor: str = "api") -> str:
+        try:
+            return self.coordinator.trust(self._node(node), replace, actor)
+        except (KeyError, ValueError) as exc:
+            raise EngineError(_one_line(exc)) from None
+
+    async def add_node(self, address: str) -> None:
+        try:
+            parse_node_address(address)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        self.coordinator.add_node(address)
+
+    async def audit(self, limit: int = 200) -> list[AuditEntry]:
+        self.coordinator.settle()
+        return [AuditEntry(*row) for row in self.coordinator.store.audit(max(0, limit))]
+
+    # --- events -----------------------------------------------------------------
+
+    def subscribe(
+        self, *, job: int | None = None, kinds: Collection[str] | None = None, since: int | None = None
+    ) -> LocalSubscription:
+        try:
+            return self.coordinator.bus.subscribe(job=job, kinds=kinds, since=since)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+
+    # --- for scripts (not part of EngineAPI) -------------------------------------------
+
     def map(self, fn: Any, items: Sequence[Any], **options: Any) -> AsyncJob:
-        """The async flavour of ``Cluster.map``."""
-        return AsyncJob(self, self.submit(spec_for(fn, items, **options)))
+        """The async flavour of ``Cluster.map``: submitted at once."""
+        return AsyncJob(self, self.coordinator.submit(spec_for(fn, items, **options), "api"))
 
     def call(self, fn: Any, *args: Any, **options: Any) -> AsyncJob:
         """One task: ``fn(*args)``."""
-        return AsyncJob(self, self.submit(_single(fn, args, options)))
+        return AsyncJob(self, self.coordinator.submit(_single(fn, args, options), "api"))
 
     def find_unfinished(self, spec: JobSpec) -> int | None:
         """An unfinished job with exactly this spec (to resume after a crash)."""
@@ -138,71 +339,24 @@ class Engine:
                 return job.id
         return None
 
-    async def wait(self, job_id: int, timeout: float | None = None) -> str:
-        """Wait until the job ends; return its status."""
-        await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
-        return self.job_status(job_id)
-
-    def job_status(self, job_id: int) -> str:
-        job = self.coordinator.core.jobs.get(job_id)
-        if job is not None:
-            return job.status.value
-        for row in self.coordinator.store.jobs():
-            if row["id"] == job_id:
-                return str(row["status"])
-        raise KeyError(f"no job {job_id}")
-
-    def counts(self, job_id: int) -> dict[str, int]:
-        job = self.coordinator.core.jobs.get(job_id)
-        if job is not None:
-            return job.counts_by_label()
-        for row in self.coordinator.store.jobs():
-            if row["id"] == job_id:
-                return dict(row["counts"])
-        raise KeyError(f"no job {job_id}")
-
-    def result(self, job_id: int) -> Any:
-        """The aggregated result (partial while the job runs)."""
-        return self.coordinator.job_result(job_id)
-
-    def task_results(self, job_id: int) -> list[dict[str, Any]]:
-        return self.coordinator.store.task_results(job_id)
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.coordinator.job_snapshot()
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return self.coordinator.node_snapshot()
-
-    def events(self, maxsize: int = 10_000) -> ev.Subscription:
-        return self.coordinator.bus.subscribe(maxsize)
-
-    # --- operator actions (all audited) -----------------------------------------
-
-    def resubmit(self, job_id: int, failed_only: bool = True, actor: str = "operator") -> int:
-        return self.coordinator.resubmit(job_id, failed_only, actor)
-
-    def cancel(self, job_id: int, indices: list[int] | None = None, actor: str = "operator") -> None:
-        self.coordinator.operate(inputs.CancelJob(job_id, actor, time.time(), indices))
-
-    def drain(self, node: str, requeue: bool = False, actor: str = "operator") -> None:
-        self.coordinator.operate(inputs.DrainNode(self._node(node), requeue, actor, time.time()))
-
-    def undrain(self, node: str, actor: str = "operator") -> None:
-        self.coordinator.operate(inputs.UndrainNode(self._node(node), actor, time.time()))
-
-    def trust(self, node: str, replace: bool = False) -> str:
-        return self.coordinator.trust(self._node(node), replace)
-
-    def add_node(self, address: str) -> None:
-        self.coordinator.add_node(address)
-
     async def wait_for_nodes(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while sum(1 for n in self.coordinator.core.nodes.values() if n.up) < count:
+        while (up := sum(1 for n in self.coordinator.core.nodes.values() if n.up)) < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sum(1 for n in self.coordinator.core.nodes.values() if n.up)} of {count} nodes up after {timeout:.0f}s")
+                raise TimeoutError(f"only {up} of {count} nodes up after {timeout:.0f}s")
             await asyncio.sleep(0.02)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _known(self, job_id: int) -> int:
+        """The job's task count; EngineError if there is no such job."""
+        job = self.coordinator.core.jobs.get(job_id)
+        if job is not None:
+            return job.total
+        rows = self.coordinator.store.jobs(job_id) if isinstance(job_id, int) else []
+        if not rows:
+            raise EngineError(f"no job {job_id} (see 'shoal jobs')")
+        return int(rows[0]["total"])
 
     def _node(self, name: str) -> str:
         """A node by address, hostname or agent id."""
@@ -211,33 +365,49 @@ class Engine:
         for node in self.coordinator.core.nodes.values():
             if name in (node.hostname, node.agent_id):
                 return node.id
-        raise KeyError(f"no node {name!r}")
+        raise EngineError(f"no node {name!r} (see 'shoal nodes')")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(text).splitlines()[0] if str(text) else type(exc).__name__
+
+
+async def reduce_job(engine: EngineAPI, job_id: int, timeout: float | None = None, *, partial: bool = False) -> Any:
+    """Wait for the job, then its aggregated result. A job that did not
+    succeed raises ``JobFailed`` naming its failed tasks, unless the caller
+    asks for the ``partial`` result of the tasks that did."""
+    status = await engine.wait(job_id, timeout)
+    if status != "succeeded" and not partial:
+        failed = await engine.tasks(job_id, status="failed", limit=5)
+        info = await engine.job(job_id)
+        raise JobFailed(job_id, status, info.counts, [(r.index, r.error) for r in failed.rows])
+    return await engine.result(job_id)
 
 
 class AsyncJob:
     """A submitted job, seen from the async API."""
 
-    def __init__(self, engine: Engine, job_id: int) -> None:
+    def __init__(self, engine: EngineAPI, job_id: int) -> None:
         self.engine = engine
         self.id = job_id
 
     async def wait(self, timeout: float | None = None) -> str:
         return await self.engine.wait(self.id, timeout)
 
-    async def reduce(self, timeout: float | None = None) -> Any:
-        await self.wait(timeout)
-        return self.engine.result(self.id)
+    async def reduce(self, timeout: float | None = None, *, partial: bool = False) -> Any:
+        return await reduce_job(self.engine, self.id, timeout, partial=partial)
 
     async def results(self, timeout: float | None = None) -> list[Any]:
+        """The values of the succeeded tasks, by index."""
         await self.wait(timeout)
-        return [row["value"] for row in self.engine.task_results(self.id)]
+        return [row["value"] for row in await self.engine.task_results(self.id) if row["status"] == "succeeded"]
 
-    @property
-    def counts(self) -> dict[str, int]:
-        return self.engine.counts(self.id)
+    async def counts(self) -> dict[str, int]:
+        return (await self.engine.job(self.id)).counts
 
-    def cancel(self) -> None:
-        self.engine.cancel(self.id)
+    async def cancel(self) -> int:
+        return await self.engine.cancel(self.id)
 
 
 class JobHandle:
@@ -248,22 +418,22 @@ class JobHandle:
         self.id = job_id
 
     def wait(self, timeout: float | None = None) -> str:
-        return str(self.cluster._call(self.cluster.engine.wait(self.id, timeout)))
+        return self.cluster._call(self.cluster.engine.wait(self.id, timeout))
 
-    def reduce(self, timeout: float | None = None) -> Any:
-        self.wait(timeout)
-        return self.cluster._sync(lambda e: e.result(self.id))
+    def reduce(self, timeout: float | None = None, *, partial: bool = False) -> Any:
+        """The aggregated result; raises ``JobFailed`` naming the failed
+        tasks unless ``partial=True`` (then: the result of those that succeeded)."""
+        return self.cluster._call(reduce_job(self.cluster.engine, self.id, timeout, partial=partial))
 
-    def results(self) -> list[Any]:
-        self.wait()
-        return [row["value"] for row in self.cluster._sync(lambda e: e.task_results(self.id))]
+    def results(self, timeout: float | None = None) -> list[Any]:
+        return self.cluster._call(AsyncJob(self.cluster.engine, self.id).results(timeout))
 
     @property
     def counts(self) -> dict[str, int]:
-        return dict(self.cluster._sync(lambda e: e.counts(self.id)))
+        return self.cluster._call(self.cluster.engine.job(self.id)).counts
 
-    def cancel(self) -> None:
-        self.cluster._sync(lambda e: e.cancel(self.id))
+    def cancel(self) -> int:
+        return self.cluster._call(self.cluster.engine.cancel(self.id))
 
 
 class Cluster:
@@ -291,14 +461,8 @@ class Cluster:
         if wait_for:
             self._call(self._engine.wait_for_nodes(wait_for, timeout))
 
-    def _call(self, coro: Any) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _sync(self, fn: Callable[[Engine], Any]) -> Any:
-        async def run() -> Any:
-            return fn(self._engine)  # type: ignore[arg-type]
-
-        return self._call(run())
 
     @property
     def engine(self) -> Engine:
@@ -306,7 +470,7 @@ class Cluster:
         return self._engine
 
     def submit_spec(self, spec: JobSpec) -> JobHandle:
-        return JobHandle(self, self._sync(lambda e: e.submit(spec)))
+        return JobHandle(self, self._call(self.engine.submit(spec)))
 
     def map(self, fn: Any, items: Sequence[Any], **options: Any) -> JobHandle:
         """Run ``fn`` over items: ``fn`` is "module:function", a command
@@ -356,3 +520,7 @@ def spec_for(fn: Any, items: Sequence[Any], **options: Any) -> JobSpec:
         raise TypeError(f"cannot run {fn!r}: give 'module:function', an argv list, or a callable")
     fields.update(options)
     return JobSpec.build(**fields)
+
+
+def _implements_api(engine: Engine) -> EngineAPI:
+    return engine  # mypy checks here that Engine is an EngineAPI

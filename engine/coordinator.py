@@ -19,13 +19,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import asyncssh
 
 from engine import core as c
 from engine import events as ev
 from engine import inputs
+from engine import live
 from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, UnknownHostKey, open_link
 from engine.model import TaskStatus
 from nodeagent.protocol import (
@@ -46,6 +47,7 @@ from nodeagent.protocol import (
 from engine.spec import JobSpec
 from engine.store import Store
 from engine.trust import KnownHosts, TrustError, fingerprint
+from engine.views import NodeInfo
 
 log = logging.getLogger("shoal.engine")
 
@@ -88,6 +90,7 @@ class Coordinator:
         self.console_id = store.console_id()
         self.core = c.EngineCore(config, rng)
         self.bus = ev.EventBus()
+        self.live = live.LiveState()  # read-side extras for the API: output tails, load history
         self.peers: dict[str, Peer] = {}
         self._flush_scheduled = False
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -150,13 +153,13 @@ class Coordinator:
         self.store.remember_node(address)
         peer.task = asyncio.create_task(self._peer_loop(peer))
 
-    def trust(self, address: str, replace: bool = False) -> str:
+    def trust(self, address: str, replace: bool = False, actor: str = "operator") -> str:
         """Pin the key the node presented (operator action)."""
         peer = self.peers.get(address)
         if peer is None or peer.presented_key is None:
             raise KeyError(f"no key seen from {address} yet")
         self.known_hosts.pin(peer.host, peer.port, peer.presented_key, replace=replace)
-        self.store.write([], [(time.time(), "operator", "trust", address, fingerprint(peer.presented_key))], [])
+        self.store.write([], [(time.time(), actor, "trust", address, fingerprint(peer.presented_key))], [])
         peer.wake.set()
         return fingerprint(peer.presented_key)
 
@@ -270,7 +273,9 @@ class Coordinator:
         self.core.handle(event)
         self._schedule_flush()
 
-    def resubmit(self, job_id: int, failed_only: bool = True, actor: str = "operator") -> int:
+    def resubmit(
+        self, job_id: int, failed_only: bool = True, actor: str = "operator", indices: Collection[int] | None = None
+    ) -> int:
         """Failed and cancelled tasks back to the queue; or, with
         ``failed_only=False``, the whole job from scratch (once it ended)."""
         spec = self.store.job_spec(job_id)
@@ -288,6 +293,11 @@ class Coordinator:
         if job is None:
             self.core.restore_job(job_id, spec, time.time(), self.store.task_states(job_id), self.store.succeeded_values(job_id))
         rows = [inputs.ResubmitRow(*row) for row in self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])]
+        if indices is not None:
+            wanted = set(indices)
+            rows = [row for row in rows if row[0] in wanted]
+        # Their rows say queued from now on: a terminal row means finished.
+        self.store.requeue_finished(job_id, [row[0] for row in rows])
         self.operate(inputs.ResubmitTasks(job_id, rows, actor, time.time()))
         return len(rows)
 
@@ -298,11 +308,19 @@ class Coordinator:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def settle(self) -> None:
+        """Carry out what the core decided so far, now: a query right after
+        an operator action sees its outcome in the store."""
+        if self._flush_scheduled:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        out = self.core.collect(time.time())
+        now = time.time()
+        out = self.core.collect(now)
         if not out:
             return
+        self.live.observe(out.task_rows, out.events, now)
         jobs = [
             (j.id, j.status.value, j.finished_at, j.reducer.result(), j.counts_by_label())
             for j in out.finished_jobs
@@ -355,6 +373,9 @@ class Coordinator:
 
     def _publish(self, events: list[Any]) -> None:
         if events:
+            for i, event in enumerate(events):
+                if type(event) is ev.NodeChanged and event.node in self.peers:
+                    events[i] = live.node_changed(event, self.node_info(event.node))
             self.bus.publish(events)
 
     async def _tick_loop(self) -> None:
@@ -371,39 +392,15 @@ class Coordinator:
 
     # --- snapshots for UIs ------------------------------------------------------
 
-    def node_snapshot(self) -> list[dict[str, Any]]:
-        rows = []
-        for address, peer in self.peers.items():
-            node = self.core.nodes.get(address)
-            hb = node.load if node else None
-            rows.append(
-                {
-                    "node": address,
-                    "state": peer.state,
-                    "detail": peer.detail,
-                    "hostname": node.hostname if node else "",
-                    "agent_id": node.agent_id if node else "",
-                    "slots": node.slots if node else 0,
-                    "labels": dict(node.labels) if node else {},
-                    "drained": bool(node and node.drained),
-                    "running": len(node.running) if node else 0,
-                    "cpu": hb.cpu if hb else None,
-                    "mem": hb.mem if hb else None,
-                    "load1": hb.load[0] if hb and hb.load else None,
-                    "slots_busy": hb.slots_busy if hb else 0,
-                }
-            )
-        return rows
+    def node_info(self, address: str) -> NodeInfo:
+        peer = self.peers[address]
+        key = peer.link.host_key if peer.link is not None else peer.presented_key
+        return live.node_info(
+            address, peer.state, peer.detail, fingerprint(key) if key else "", self.core.nodes.get(address), self.live, time.time()
+        )
 
-    def job_snapshot(self) -> list[dict[str, Any]]:
-        rows = self.store.jobs()
-        live = self.core.jobs
-        for row in rows:
-            job = live.get(row["id"])
-            if job is not None:
-                row["status"] = job.status.value
-                row["counts"] = job.counts_by_label()
-        return rows
+    def node_infos(self) -> list[NodeInfo]:
+        return [self.node_info(address) for address in self.peers]
 
     def job_result(self, job_id: int) -> Any:
         job = self.core.jobs.get(job_id)

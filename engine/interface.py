@@ -25,6 +25,22 @@ class EngineError(Exception):
     no engine to talk to. ``str()`` is one line for a person."""
 
 
+class JobFailed(EngineError):
+    """``reduce()`` of a job that did not succeed: names its failed tasks."""
+
+    def __init__(self, job_id: int, status: str, counts: dict[str, int], failed: list[tuple[int, str]]) -> None:
+        self.job_id, self.status, self.counts, self.failed = job_id, status, counts, failed
+        n_failed, n_cancelled = counts.get("failed", 0), counts.get("cancelled", 0)
+        named = "; ".join(f"task {index}: {error or 'failed'}" for index, error in failed)
+        more = ", ..." if n_failed > len(failed) else ""
+        parts = [f"{n_failed} failed" + (f" ({named}{more})" if named else "")]
+        if n_cancelled:
+            parts.append(f"{n_cancelled} cancelled")
+        super().__init__(
+            f"job {job_id} {status}: {', '.join(parts)}; reduce(partial=True) gives the result of the tasks that succeeded"
+        )
+
+
 class Subscription(Protocol):
     """A stream of engine events (async-iterable); ``close()`` ends it."""
 
@@ -68,6 +84,11 @@ class EngineAPI(Protocol):
         limit: int = 100,
     ) -> TaskPage: ...
     async def task(self, job_id: int, index: int) -> TaskDetail: ...
+    async def task_results(self, job_id: int) -> list[dict[str, Any]]:
+        """Every stored task row of the job, by index (index, status,
+        attempts, node, value, error, exit_code, duration, stdout, stderr,
+        traceback): for exports and scripts. A UI pages with ``tasks()``."""
+        ...
 
     # --- nodes ----------------------------------------------------------------
     async def nodes(self) -> list[NodeInfo]: ...

@@ -17,11 +17,12 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import msgpack
 
-from engine.model import TaskStatus
+from engine.model import TERMINAL, TaskStatus
+from engine.paths import private_file
 from engine.spec import JobSpec
 
 SCHEMA = """
@@ -35,7 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at REAL NOT NULL,
     finished_at REAL,
     result BLOB,
-    counts BLOB
+    counts BLOB,
+    kind TEXT NOT NULL DEFAULT '',
+    reducer TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
     job_id INTEGER NOT NULL,
@@ -55,6 +58,24 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+-- What the task queries filter and sort by (tasks(job, status=, node=)).
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (job_id, status);
+CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks (job_id, node);
+-- Attempts that ended without ending their task (a retry, a requeue), and
+-- the final attempts of resubmitted tasks: a task's row holds only its
+-- latest attempt, these are the earlier ones of its timeline.
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    started REAL,
+    ended REAL,
+    outcome TEXT NOT NULL,
+    exit_code INTEGER,
+    error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (job_id, idx);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -81,6 +102,26 @@ ON CONFLICT (job_id, idx) DO UPDATE SET
     ended = excluded.ended
 """
 
+_ARCHIVE_ATTEMPT = """
+INSERT INTO attempts (job_id, idx, attempt, node, started, ended, outcome, exit_code, error)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# Rows of tasks that ended, in the order the task queries sort by; the
+# expressions match engine.taskquery's keys for the live tasks.
+TASK_ORDER_SQL = {
+    "index": "idx",
+    "status": "status",
+    "node": "node",
+    "attempts": "attempts",
+    "duration": "(CASE WHEN started > 0 AND ended > 0 THEN ended - started END)",
+    "error": "error",
+}
+_TERMINAL_CODES = tuple(sorted(int(s) for s in TERMINAL))
+
+# A finished row as the task queries read it.
+FinishedRow = tuple[int, int, str, int, float | None, float | None, str]  # idx, status, node, attempts, started, ended, error
+
 _pack = msgpack.Packer(use_bin_type=True, default=repr)
 
 
@@ -95,10 +136,18 @@ def unpack(blob: bytes | None) -> Any:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Private before SQLite opens it: its -wal and -shm take its mode.
+        for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if part == path or part.exists():
+                private_file(part)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for name in ("kind", "reducer"):  # a state dir from before these columns
+            if name not in columns:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
@@ -120,8 +169,9 @@ class Store:
         with self.db:
             self.db.execute("BEGIN")
             cur = self.db.execute(
-                "INSERT INTO jobs (name, spec, status, total, submitted_at) VALUES (?, ?, 'running', ?, ?)",
-                (spec.name, pack(spec.to_dict()), spec.task_count(), now),
+                "INSERT INTO jobs (name, spec, status, total, submitted_at, kind, reducer)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                (spec.name, pack(spec.to_dict()), spec.task_count(), now, spec.kind, spec.reduce or ""),
             )
             job_id = int(cur.lastrowid or 0)
             self.db.execute(
@@ -132,24 +182,40 @@ class Store:
 
     def write(
         self,
-        task_rows: list[tuple[Any, ...]],
-        audit: list[tuple[float, str, str, str, str]],
+        task_rows: Sequence[Sequence[Any]],
+        audit: Sequence[tuple[float, str, str, str, str]],
         jobs: Iterable[tuple[int, str, float, Any, dict[str, int]]],
     ) -> None:
         """One transaction: task outcomes, audit entries, job status changes
-        (id, status, finished_at, result, counts)."""
+        (id, status, finished_at, result, counts). A row that does not end its
+        task (a retry or a requeue) also goes to ``attempts``, so the task's
+        timeline keeps it once the next attempt overwrites the row."""
         job_rows = [(status, finished, pack(result), pack(counts), job_id) for job_id, status, finished, result, counts in jobs]
         if not (task_rows or audit or job_rows):
             return
         rows = [
-            r[:7] + (pack(r[7]),) + r[8:11] + (r[11][-STORED_TAIL_BYTES:], r[12][-STORED_TAIL_BYTES:]) + r[13:]
+            tuple(r[:7]) + (pack(r[7]),) + tuple(r[8:11]) + (r[11][-STORED_TAIL_BYTES:], r[12][-STORED_TAIL_BYTES:]) + tuple(r[13:])
             for r in task_rows
         ]
+        # Status codes below SUCCEEDED are pending (a retry) and queued (lost or requeued).
+        ended = [r for r in task_rows if r[2] < TaskStatus.SUCCEEDED]
         db = self.db
         db.execute("BEGIN")
         try:
             if rows:
                 db.executemany(_UPSERT_TASK, rows)
+            if ended:
+                now = time.time()
+                db.executemany(
+                    _ARCHIVE_ATTEMPT,
+                    [
+                        (
+                            r[0], r[1], r[3], r[6] or "", r[13] or None, r[14] or now,
+                            "failed" if r[2] == TaskStatus.PENDING else "requeued", r[10], r[8] or "",
+                        )
+                        for r in ended
+                    ],
+                )
             if audit:
                 db.executemany("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)", audit)
             if job_rows:
@@ -159,11 +225,38 @@ class Store:
             raise
         db.execute("COMMIT")
 
+    def _archive_finished(self, where: str, params: tuple[Any, ...]) -> None:
+        """Copy the final attempts of the tasks ``where`` selects into
+        ``attempts`` (inside the caller's transaction)."""
+        self.db.execute(
+            "INSERT INTO attempts (job_id, idx, attempt, node, started, ended, outcome, exit_code, error)"
+            " SELECT job_id, idx, attempts, COALESCE(node, ''), NULLIF(started, 0), NULLIF(ended, 0),"
+            " CASE status WHEN 3 THEN 'succeeded' WHEN 4 THEN 'failed' ELSE 'cancelled' END,"
+            " exit_code, COALESCE(error, '')"
+            f" FROM tasks WHERE {where} AND COALESCE(node, '') != ''",
+            params,
+        )
+
     def reset_job(self, job_id: int) -> None:
         with self.db:
             self.db.execute("BEGIN")
+            self._archive_finished("job_id = ?", (job_id,))
             self.db.execute("DELETE FROM tasks WHERE job_id = ?", (job_id,))
             self.db.execute("UPDATE jobs SET status = 'running', finished_at = NULL, result = NULL WHERE id = ?", (job_id,))
+
+    def requeue_finished(self, job_id: int, indices: Iterable[int]) -> None:
+        """Resubmitted tasks are queued again: their rows say so (a restarted
+        engine runs them, and a task's row is terminal only while it is
+        finished), and their last attempt joins the timeline."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for chunk in _chunks(sorted(indices), 500):
+                marks = ",".join("?" * len(chunk))
+                where = f"job_id = ? AND idx IN ({marks})"
+                self._archive_finished(where, (job_id, *chunk))
+                self.db.execute(
+                    f"UPDATE tasks SET status = ?, failures = 0 WHERE {where}", (int(TaskStatus.QUEUED), job_id, *chunk)
+                )
 
     def remember_node(self, address: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO nodes VALUES (?, ?)", (address, time.time()))
@@ -180,6 +273,9 @@ class Store:
     def job_spec(self, job_id: int) -> JobSpec | None:
         row = self.db.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobSpec.from_dict(unpack(row[0])) if row else None
+
+    def has_job(self, job_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
     def task_states(self, job_id: int) -> list[tuple[int, TaskStatus, int, int, int]]:
         rows = self.db.execute(
@@ -203,10 +299,10 @@ class Store:
         )
         return [(r[0], TaskStatus(r[1]), r[2]) for r in rows]
 
-    def jobs(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT id, name, status, total, submitted_at, finished_at, counts FROM jobs ORDER BY id"
-        )
+    def jobs(self, job_id: int | None = None) -> list[dict[str, Any]]:
+        """Every job (or the one asked for), oldest first."""
+        sql = "SELECT id, name, status, total, submitted_at, finished_at, counts, kind, reducer FROM jobs"
+        rows = self.db.execute(sql + " WHERE id = ?", (job_id,)) if job_id is not None else self.db.execute(sql + " ORDER BY id")
         return [
             {
                 "id": r[0],
@@ -216,6 +312,8 @@ class Store:
                 "submitted_at": r[4],
                 "finished_at": r[5],
                 "counts": unpack(r[6]) or {},
+                "kind": r[7],
+                "reduce": r[8],
             }
             for r in rows
         ]
@@ -247,8 +345,112 @@ class Store:
             for r in rows
         ]
 
-    def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str, str]]:
+    # --- task queries (engine.taskquery merges these with the live tasks) ----------
+
+    @staticmethod
+    def _finished_where(
+        job_id: int, status: int | None, node: str | None, text: str | None
+    ) -> tuple[str, list[Any]]:
+        """Rows of tasks that ended (a task that runs again has a queued row
+        or a live object, never a terminal row) matching the filter."""
+        params: list[Any]
+        if status is None:
+            where, params = f"job_id = ? AND status IN {_TERMINAL_CODES}", [job_id]
+        else:
+            where, params = "job_id = ? AND status = ?", [job_id, status]
+        if node:
+            where += " AND node = ?"
+            params.append(node)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where += " AND (error LIKE ? ESCAPE '\\' OR node LIKE ? ESCAPE '\\')"
+            params += [pattern, pattern]
+        return where, params
+
+    def count_finished(
+        self, job_id: int, status: int | None, node: str | None, text: str | None, before: tuple[str, bool, Any] | None = None
+    ) -> int:
+        """How many finished rows match; with ``before=(order, descending,
+        key)`` only those that sort before a key (ties included ascending:
+        the key is a never-dispatched task's, whose index is above them all)."""
+        where, params = self._finished_where(job_id, status, node, text)
+        if before is not None:
+            order, descending, key = before
+            expr = TASK_ORDER_SQL[order]
+            if key is None:
+                where += f" AND {expr} IS NOT NULL" if descending else f" AND {expr} IS NULL"
+            else:
+                where += f" AND {expr} {'>' if descending else '<='} ?"
+                params.append(key)
+        row = self.db.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", params).fetchone()
+        return int(row[0])
+
+    def finished_rows(
+        self,
+        job_id: int,
+        status: int | None,
+        node: str | None,
+        text: str | None,
+        order: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+    ) -> list[FinishedRow]:
+        where, params = self._finished_where(job_id, status, node, text)
+        direction = "DESC" if descending else "ASC"
+        sql = (
+            f"SELECT idx, status, COALESCE(node, ''), attempts, started, ended, COALESCE(error, '') FROM tasks"
+            f" WHERE {where} ORDER BY {TASK_ORDER_SQL[order]} {direction}, idx {direction} LIMIT ? OFFSET ?"
+        )
+        return list(self.db.execute(sql, (*params, limit, offset)))
+
+    def open_errors(self, job_id: int) -> dict[int, str]:
+        """The last error of tasks waiting for a retry (their row is pending)."""
+        rows = self.db.execute(
+            "SELECT idx, error FROM tasks WHERE job_id = ? AND status = ? AND error != ''",
+            (job_id, int(TaskStatus.PENDING)),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def task_row(self, job_id: int, index: int) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT status, attempts, node, value, error, traceback, exit_code, stdout, stderr, started, ended"
+            " FROM tasks WHERE job_id = ? AND idx = ?",
+            (job_id, index),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "status": TaskStatus(row[0]),
+            "attempts": row[1],
+            "node": row[2] or "",
+            "value": unpack(row[3]),
+            "error": row[4] or "",
+            "traceback": row[5] or "",
+            "exit_code": row[6],
+            "stdout": row[7] or b"",
+            "stderr": row[8] or b"",
+            "started": row[9] or None,
+            "ended": row[10] or None,
+        }
+
+    def attempt_rows(self, job_id: int, index: int) -> list[tuple[int, str, float | None, float | None, str, int | None, str]]:
+        """(attempt, node, started, ended, outcome, exit_code, error), oldest first."""
+        rows = self.db.execute(
+            "SELECT attempt, node, started, ended, outcome, exit_code, error FROM attempts"
+            " WHERE job_id = ? AND idx = ? ORDER BY rowid",
+            (job_id, index),
+        )
+        return list(rows)
+
+    def audit(self, limit: int = 200) -> list[tuple[float, str, str, str, str]]:
+        """The newest audit entries, newest first: (at, actor, action, target, detail)."""
         rows = self.db.execute(
             "SELECT at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

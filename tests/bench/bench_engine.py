@@ -55,12 +55,12 @@ async def shoal_throughput(root: Path, tasks: int, agents: int) -> float:
         engine = await open_engine(cluster, root)
         try:
             # Warm up the workers' import of the task module.
-            await engine.wait(engine.submit(spec_for(NOOP, range(agents * 4), name="warmup")), 60)
+            await engine.wait(await engine.submit(spec_for(NOOP, range(agents * 4), name="warmup")), 60)
             start = time.perf_counter()
-            job = engine.submit(spec_for(NOOP, range(tasks), name="noop", reduce="count"))
+            job = await engine.submit(spec_for(NOOP, range(tasks), name="noop", reduce="count"))
             await engine.wait(job, 600)
             elapsed = time.perf_counter() - start
-            assert engine.counts(job)["succeeded"] == tasks, engine.counts(job)
+            assert (await engine.job(job)).counts["succeeded"] == tasks, (await engine.job(job)).counts
         finally:
             await engine.close()
     rate = tasks / elapsed
@@ -95,11 +95,11 @@ async def shoal_latency(root: Path, samples: int) -> tuple[float, float]:
     with LocalCluster(root, [1] * 4) as cluster:
         engine = await open_engine(cluster, root)
         try:
-            await engine.wait(engine.submit(spec_for(NOOP, range(16), name="warmup")), 60)
+            await engine.wait(await engine.submit(spec_for(NOOP, range(16), name="warmup")), 60)
             times = []
             for i in range(samples):
                 start = time.perf_counter()
-                await engine.wait(engine.submit(spec_for(NOOP, [i], name="one")), 30)
+                await engine.wait(await engine.submit(spec_for(NOOP, [i], name="one")), 30)
                 times.append(time.perf_counter() - start)
         finally:
             await engine.close()
@@ -145,13 +145,13 @@ async def shell_tasks(root: Path, count: int, rounds: int) -> None:
     with LocalCluster(root, [1] * 4) as cluster:
         engine = await open_engine(cluster, root)
         try:
-            await engine.wait(engine.submit(spec_for(["true"], range(40), name="warmup")), 60)
+            await engine.wait(await engine.submit(spec_for(["true"], range(40), name="warmup")), 60)
             for _ in range(rounds):
                 start = time.perf_counter()
-                job = engine.submit(spec_for(["true"], range(count), name="true"))
+                job = await engine.submit(spec_for(["true"], range(count), name="true"))
                 await engine.wait(job, 600)
                 rates["shoal"].append(count / (time.perf_counter() - start))
-                assert engine.counts(job)["succeeded"] == count, engine.counts(job)
+                assert (await engine.job(job)).counts["succeeded"] == count, (await engine.job(job)).counts
                 for name, argv in peers.items():
                     if shutil.which(argv[0]) is None:
                         continue
@@ -177,7 +177,7 @@ async def memory(root: Path) -> None:
     engine = await Engine.open(root / "mem-state", root / "mem-config")
     try:
         opened = rss_mib()
-        job = engine.submit(spec_for(NOOP, range(1_000_000), name="million"))
+        job = await engine.submit(spec_for(NOOP, range(1_000_000), name="million"))
         gc.collect()
         after = rss_mib()
         per_task = (after - opened) * 2**20 / 1_000_000
@@ -185,15 +185,15 @@ async def memory(root: Path) -> None:
             f"shoal: 1,000,000 pending tasks: engine process RSS {after:.0f} MiB, {per_task:.1f} bytes per pending task"
             f" (RSS {base:.0f} MiB before the engine opened, {opened:.0f} MiB after)"
         )
-        engine.cancel(job)
+        await engine.cancel(job)
     finally:
         await engine.close()
     with LocalCluster(root / "m100k", [1] * 4) as cluster:
         engine = await open_engine(cluster, root / "m100k")
         try:
-            job = engine.submit(spec_for(NOOP, range(100_000), name="100k", reduce="count"))
+            job = await engine.submit(spec_for(NOOP, range(100_000), name="100k", reduce="count"))
             peak = 0.0
-            while engine.job_status(job) == "running":
+            while (await engine.job(job)).status == "running":
                 peak = max(peak, rss_mib())
                 await asyncio.sleep(0.2)
             print(f"shoal: whole engine process during a 100,000-task job: peak RSS {peak:.0f} MiB")

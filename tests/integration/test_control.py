@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 import stat
@@ -14,7 +15,8 @@ import pytest
 from demos.cluster import REPO, LocalCluster
 from engine import events as ev
 from engine.api import Engine
-from engine.control import SOCKET_NAME, ControlError, connect
+from engine.control import SOCKET_NAME, connect
+from engine.interface import EngineError
 from tests.integration.test_engine import job, open_engine
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,12 +39,12 @@ async def test_remote_client_sees_the_same_api_and_events(cluster):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         remote = await connect(cluster.state_dir)
         async with remote:
-            stream = await remote.events()
+            stream = remote.subscribe()
             job_id = await remote.submit(job('name = "r"\nshell = "sleep 0.2; echo 3"\ncount = 4\nreduce = "sum"\n'))
             assert await remote.wait(job_id, timeout=30) == "succeeded"
-            assert await remote.result(job_id) == 12 == engine.result(job_id)
-            assert (await remote.counts(job_id))["succeeded"] == 4
-            assert {n["node"] for n in await remote.nodes()} == set(cluster.addresses)
+            assert await remote.result(job_id) == 12 == await engine.result(job_id)
+            assert (await remote.job(job_id)).counts["succeeded"] == 4
+            assert {n.id for n in await remote.nodes()} == set(cluster.addresses)
             seen = []
 
             async def until_finished() -> None:
@@ -52,11 +54,11 @@ async def test_remote_client_sees_the_same_api_and_events(cluster):
                         return
 
             await asyncio.wait_for(until_finished(), 10)
-            await stream.aclose()
+            stream.close()
             assert any(isinstance(e, ev.TaskChanged) and e.status == "succeeded" for e in seen)
-            with pytest.raises(ControlError, match="unknown call"):
+            with pytest.raises(EngineError, match="unknown call"):
                 await remote.call("__class__")
-            with pytest.raises(ControlError, match="no node"):
+            with pytest.raises(EngineError, match="no node"):
                 await remote.drain("nowhere:1")
     finally:
         await engine.close()
@@ -71,20 +73,22 @@ async def test_companion_commands_steer_a_running_engine_and_are_audited(cluster
         a, _ = cluster.addresses
         drained = await asyncio.to_thread(shoal, "drain", a, "--state-dir", state)
         assert drained.returncode == 0, drained.stderr
-        job_id = engine.submit(job(f'name = "c"\nshell = "test -e {marker} && echo 1"\ncount = 3\nretries = 0\nreduce = "sum"\n'))
+        job_id = await engine.submit(job(f'name = "c"\nshell = "test -e {marker} && echo 1"\ncount = 3\nretries = 0\nreduce = "sum"\n'))
         assert await engine.wait(job_id, timeout=30) == "failed"
-        assert a not in {r["node"] for r in engine.task_results(job_id)}
+        assert a not in {r["node"] for r in await engine.task_results(job_id)}
         marker.write_text("")
         again = await asyncio.to_thread(shoal, "resubmit", str(job_id), "--state-dir", state, "--json")
         assert again.returncode == 0, again.stderr
         assert await engine.wait(job_id, timeout=30) == "succeeded"
         assert (await asyncio.to_thread(shoal, "undrain", a, "--state-dir", state)).returncode == 0
-        long = engine.submit(job('name = "long"\ncommand = ["sleep", "30"]\ncount = 4\n'))
+        long = await engine.submit(job('name = "long"\ncommand = ["sleep", "30"]\ncount = 4\n'))
         cancelled = await asyncio.to_thread(shoal, "cancel", str(long), "--state-dir", state)
         assert cancelled.returncode == 0, cancelled.stderr
         assert await engine.wait(long, timeout=30) == "cancelled"
         listing = await asyncio.to_thread(shoal, "nodes", "--state-dir", state, "--json")
         assert {n["state"] for n in __import__("json").loads(listing.stdout)} == {"up"}
+        unknown = await asyncio.to_thread(shoal, "cancel", "77", "--state-dir", state)
+        assert unknown.returncode == 2 and unknown.stderr.strip() == "shoal: no job 77 (see 'shoal jobs')"
     finally:
         await engine.close()
     db = sqlite3.connect(cluster.state_dir / "shoal.db")
@@ -92,7 +96,9 @@ async def test_companion_commands_steer_a_running_engine_and_are_audited(cluster
     db.close()
     by_action = {action: actor for actor, action in actions}
     for action in ("drain", "undrain", "resubmit", "cancel"):
-        assert by_action[action].startswith("socket:uid=")
+        assert by_action[action] == f"shoal {action}@socket:uid={os.getuid()}" or by_action[action].startswith(
+            f"shoal {action}@socket:uid={os.getuid()},pid="
+        )
 
 
 async def test_garbage_on_the_socket_gets_an_error_and_the_engine_keeps_serving(cluster):

@@ -78,12 +78,12 @@ def test_malformed_job_file_is_one_line_naming_line_and_field(tmp_path):
 async def test_python_callables_reduce_and_partial_results(cluster):
     engine = await open_engine(cluster)
     try:
-        job_id = engine.submit(job('name = "fact"\nfunction = "math:factorial"\nitems = { range = [0, 20] }\nreduce = "max"\n'))
+        job_id = await engine.submit(job('name = "fact"\nfunction = "math:factorial"\nitems = { range = [0, 20] }\nreduce = "max"\n'))
         assert await engine.wait(job_id, timeout=60) == "succeeded"
         import math
 
-        assert engine.result(job_id) == math.factorial(19)
-        values = [row["value"] for row in engine.task_results(job_id)]
+        assert await engine.result(job_id) == math.factorial(19)
+        values = [row["value"] for row in await engine.task_results(job_id)]
         assert values == [math.factorial(i) for i in range(20)]
     finally:
         await engine.close()
@@ -92,11 +92,11 @@ async def test_python_callables_reduce_and_partial_results(cluster):
 async def test_retries_with_backoff_then_failure_is_recorded(cluster):
     engine = await open_engine(cluster)
     try:
-        job_id = engine.submit(
+        job_id = await engine.submit(
             job('name = "flaky"\nshell = "echo oops >&2; exit 3"\ncount = 2\nretries = 2\nbackoff = { base = "50ms", cap = "200ms" }\n')
         )
         assert await engine.wait(job_id, timeout=60) == "failed"
-        rows = engine.task_results(job_id)
+        rows = await engine.task_results(job_id)
         assert [r["status"] for r in rows] == ["failed", "failed"]
         assert all(r["attempts"] == 3 and r["exit_code"] == 3 for r in rows)
         assert "oops" in rows[0]["stderr"]
@@ -108,10 +108,10 @@ async def test_timeout_fails_the_attempt(cluster):
     engine = await open_engine(cluster)
     try:
         started = time.monotonic()
-        job_id = engine.submit(job('name = "slow"\ncommand = ["sleep", "30"]\ncount = 1\nretries = 0\ntimeout = "500ms"\n'))
+        job_id = await engine.submit(job('name = "slow"\ncommand = ["sleep", "30"]\ncount = 1\nretries = 0\ntimeout = "500ms"\n'))
         assert await engine.wait(job_id, timeout=30) == "failed"
         assert time.monotonic() - started < 15
-        assert "timeout" in (engine.task_results(job_id)[0]["error"] + "timeout").lower()
+        assert "timed out" in (await engine.task_results(job_id))[0]["error"]
     finally:
         await engine.close()
 
@@ -119,14 +119,14 @@ async def test_timeout_fails_the_attempt(cluster):
 async def test_lost_node_tasks_rerun_exactly_once(cluster):
     engine = await open_engine(cluster)
     try:
-        job_id = engine.submit(job('name = "sleepy"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
+        job_id = await engine.submit(job('name = "sleepy"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
         deadline = time.monotonic() + 30
-        while engine.counts(job_id)["succeeded"] < 5:
+        while (await engine.job(job_id)).counts["succeeded"] < 5:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         cluster.agents[0].kill(signal.SIGKILL)
         assert await engine.wait(job_id, timeout=60) == "succeeded"
-        assert engine.result(job_id) == sum(range(40))
+        assert await engine.result(job_id) == sum(range(40))
         rows = succeeded_rows(cluster.state_dir, job_id)
         assert [idx for idx, _ in rows] == list(range(40))
     finally:
@@ -142,12 +142,12 @@ async def test_poison_task_fails_instead_of_killing_every_node(tmp_path):
                 'name = "poison"\nshell = "if [ {item} = 0 ]; then kill -9 $PPID; sleep 5; fi; echo {item}"\n'
                 'items = { range = [0, 6] }\nmax_node_failures = 2\nreduce = "sum"\n'
             )
-            job_id = engine.submit(spec)
+            job_id = await engine.submit(spec)
             assert await engine.wait(job_id, timeout=60) == "failed"
-            rows = {r["index"]: r for r in engine.task_results(job_id)}
+            rows = {r["index"]: r for r in await engine.task_results(job_id)}
             assert rows[0]["status"] == "failed" and "poison" in rows[0]["error"]
             assert all(rows[i]["status"] == "succeeded" for i in range(1, 6))
-            assert engine.result(job_id) == sum(range(1, 6))
+            assert await engine.result(job_id) == sum(range(1, 6))
         finally:
             await engine.close()
 
@@ -156,17 +156,17 @@ async def test_drain_with_requeue_moves_running_tasks_and_undrain_restores(clust
     engine = await open_engine(cluster)
     try:
         a, b = cluster.addresses
-        job_id = engine.submit(job('name = "drain"\nshell = "sleep 0.3; echo 1"\ncount = 16\nreduce = "sum"\n'))
+        job_id = await engine.submit(job('name = "drain"\nshell = "sleep 0.3; echo 1"\ncount = 16\nreduce = "sum"\n'))
         await asyncio.sleep(0.2)
-        engine.drain(a, requeue=True)
+        await engine.drain(a, requeue=True)
         assert await engine.wait(job_id, timeout=60) == "succeeded"
-        assert engine.result(job_id) == 16
-        nodes = {r["node"]: r for r in engine.task_results(job_id)}
-        assert set(nodes) == {b} or a not in {r["node"] for r in engine.task_results(job_id)[8:]}
-        engine.undrain(a)
-        job2 = engine.submit(job('name = "after"\nshell = "sleep 0.2; echo 1"\ncount = 8\nreduce = "sum"\n'))
+        assert await engine.result(job_id) == 16
+        nodes = {r["node"]: r for r in await engine.task_results(job_id)}
+        assert set(nodes) == {b} or a not in {r["node"] for r in (await engine.task_results(job_id))[8:]}
+        await engine.undrain(a)
+        job2 = await engine.submit(job('name = "after"\nshell = "sleep 0.2; echo 1"\ncount = 8\nreduce = "sum"\n'))
         assert await engine.wait(job2, timeout=60) == "succeeded"
-        assert a in {r["node"] for r in engine.task_results(job2)}
+        assert a in {r["node"] for r in await engine.task_results(job2)}
     finally:
         await engine.close()
 
@@ -176,15 +176,15 @@ async def test_resubmit_failed_tasks_and_cancel(cluster, tmp_path):
     engine = await open_engine(cluster)
     try:
         # Fails until the marker file exists.
-        job_id = engine.submit(job(f'name = "fix"\nshell = "test -e {marker} && echo 2"\ncount = 3\nretries = 0\nreduce = "sum"\n'))
+        job_id = await engine.submit(job(f'name = "fix"\nshell = "test -e {marker} && echo 2"\ncount = 3\nretries = 0\nreduce = "sum"\n'))
         assert await engine.wait(job_id, timeout=60) == "failed"
         marker.write_text("")
-        assert engine.resubmit(job_id) == 3
+        assert await engine.resubmit(job_id) == 3
         assert await engine.wait(job_id, timeout=60) == "succeeded"
-        assert engine.result(job_id) == 6
-        long = engine.submit(job('name = "long"\ncommand = ["sleep", "30"]\ncount = 10\n'))
+        assert await engine.result(job_id) == 6
+        long = await engine.submit(job('name = "long"\ncommand = ["sleep", "30"]\ncount = 10\n'))
         await asyncio.sleep(0.3)
-        engine.cancel(long)
+        await engine.cancel(long)
         assert await engine.wait(long, timeout=30) == "cancelled"
     finally:
         await engine.close()
@@ -195,12 +195,12 @@ async def test_labels_and_heterogeneous_slots(tmp_path):
         engine = await open_engine(cluster)
         try:
             plain, gpu = cluster.addresses
-            only_gpu = engine.submit(job('name = "g"\nshell = "echo 1"\ncount = 6\nlabels = { gpu = "yes" }\nreduce = "sum"\n'))
+            only_gpu = await engine.submit(job('name = "g"\nshell = "echo 1"\ncount = 6\nlabels = { gpu = "yes" }\nreduce = "sum"\n'))
             assert await engine.wait(only_gpu, timeout=60) == "succeeded"
-            assert {r["node"] for r in engine.task_results(only_gpu)} == {gpu}
-            spread = engine.submit(job('name = "s"\nshell = "sleep 0.3; echo 1"\ncount = 24\nreduce = "sum"\n'))
+            assert {r["node"] for r in await engine.task_results(only_gpu)} == {gpu}
+            spread = await engine.submit(job('name = "s"\nshell = "sleep 0.3; echo 1"\ncount = 24\nreduce = "sum"\n'))
             assert await engine.wait(spread, timeout=60) == "succeeded"
-            per_node = [r["node"] for r in engine.task_results(spread)]
+            per_node = [r["node"] for r in await engine.task_results(spread)]
             assert per_node.count(gpu) > per_node.count(plain)
         finally:
             await engine.close()
@@ -246,14 +246,14 @@ async def test_node_that_comes_back_is_reconnected_and_used_again(cluster):
         agent = cluster.agents[0]
         agent.kill(signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while any(n["state"] == "up" for n in engine.nodes() if n["node"] == agent.address):
+        while any(n.state == "up" for n in (await engine.nodes()) if n.id == agent.address):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await asyncio.to_thread(agent.start, cluster.authorized_keys, agent.port)
         await engine.wait_for_nodes(2, timeout=40)
-        job_id = engine.submit(job('name = "back"\nshell = "sleep 0.2; echo 1"\ncount = 12\nreduce = "sum"\n'))
+        job_id = await engine.submit(job('name = "back"\nshell = "sleep 0.2; echo 1"\ncount = 12\nreduce = "sum"\n'))
         assert await engine.wait(job_id, timeout=60) == "succeeded"
-        assert agent.address in {r["node"] for r in engine.task_results(job_id)}
+        assert agent.address in {r["node"] for r in await engine.task_results(job_id)}
     finally:
         await engine.close()
 
@@ -281,19 +281,19 @@ async def test_stopped_agent_is_lost_by_missed_heartbeats_then_rejoins(cluster):
     engine = await open_engine(cluster)
     stopped = cluster.agents[0]
     try:
-        job_id = engine.submit(job('name = "stop"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
+        job_id = await engine.submit(job('name = "stop"\nshell = "sleep 0.2; echo {item}"\nitems = { range = [0, 40] }\nreduce = "sum"\n'))
         deadline = time.monotonic() + 30
-        while engine.counts(job_id)["succeeded"] < 4:
+        while (await engine.job(job_id)).counts["succeeded"] < 4:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         stopped.proc.send_signal(signal.SIGSTOP)
         lost_by = time.monotonic() + 10
-        while next(n for n in engine.nodes() if n["node"] == stopped.address)["state"] == "up":
+        while next(n for n in (await engine.nodes()) if n.id == stopped.address).state == "up":
             assert time.monotonic() < lost_by, "missed heartbeats were not noticed"
             await asyncio.sleep(0.05)
         stopped.proc.send_signal(signal.SIGCONT)
         assert await engine.wait(job_id, timeout=60) == "succeeded"
-        assert engine.result(job_id) == sum(range(40))
+        assert await engine.result(job_id) == sum(range(40))
         assert [idx for idx, _ in succeeded_rows(cluster.state_dir, job_id)] == list(range(40))
         await engine.wait_for_nodes(2, timeout=40)  # it rejoins through a fresh handshake
     finally:

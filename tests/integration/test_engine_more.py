@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncssh
 import pytest
@@ -19,14 +20,19 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (a coroutine function) until it holds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
 
 
-def node_state(engine: Engine, address: str) -> str:
-    return next((n["state"] for n in engine.nodes() if n["node"] == address), "")
+async def node_state(engine: Engine, address: str) -> str:
+    return next((n.state for n in await engine.nodes() if n.id == address), "")
+
+
+async def _is(state: Any, wanted: str) -> bool:
+    return await state == wanted
 
 
 @pytest.fixture
@@ -39,11 +45,11 @@ async def test_new_node_stays_untrusted_until_the_operator_trusts_it(one_agent):
     address = one_agent.addresses[0]
     engine = await Engine.open(one_agent.state_dir, one_agent.config_dir, nodes=[address])
     try:
-        await until(lambda: node_state(engine, address) == "untrusted", what="untrusted state")
-        job_id = engine.submit(job('name = "t"\nshell = "echo 1"\ncount = 2\nreduce = "sum"\n'))
+        await until(lambda: _is(node_state(engine, address), "untrusted"), what="untrusted state")
+        job_id = await engine.submit(job('name = "t"\nshell = "echo 1"\ncount = 2\nreduce = "sum"\n'))
         await asyncio.sleep(0.5)
-        assert engine.counts(job_id)["succeeded"] == 0  # nothing runs on an untrusted node
-        fp = engine.trust(address)
+        assert (await engine.job(job_id)).counts["succeeded"] == 0  # nothing runs on an untrusted node
+        fp = await engine.trust(address)
         assert fp.startswith("SHA256:")
         assert await engine.wait(job_id, timeout=30) == "succeeded"
         host, port = address.rsplit(":", 1)
@@ -58,14 +64,14 @@ async def test_changed_host_key_is_refused_and_raised_as_an_alert(one_agent):
     impostor = asyncssh.generate_private_key("ssh-ed25519")
     KnownHosts(one_agent.config_dir / "known_hosts").pin(host, int(port), impostor)
     engine = await Engine.open(one_agent.state_dir, one_agent.config_dir, nodes=[address], trust_new=True)
-    events = engine.events()
+    events = engine.subscribe(kinds=["Alert", "NodeChanged", "TaskProgress", "TaskOutput", "JobFinished"])
     try:
-        await until(lambda: node_state(engine, address) == "refused", what="refused state")
-        alerts = [e for e in events.get_nowait_all() if isinstance(e, ev.Alert)]
+        await until(lambda: _is(node_state(engine, address), "refused"), what="refused state")
+        alerts = [e for e in events.take_ready() if isinstance(e, ev.Alert)]
         assert any("CHANGED" in a.message for a in alerts)
         # --trust-new never overrides a pinned key.
         assert KnownHosts(one_agent.config_dir / "known_hosts").lookup(host, int(port)) is not None
-        assert node_state(engine, address) == "refused"
+        assert await node_state(engine, address) == "refused"
     finally:
         events.close()
         await engine.close()
@@ -76,10 +82,10 @@ async def test_agents_are_discovered_over_mdns_on_loopback(tmp_path):
         engine = await Engine.open(cluster.state_dir, cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
         try:
             await engine.wait_for_nodes(2, timeout=30)
-            assert {n["node"] for n in engine.nodes() if n["state"] == "up"} == set(cluster.addresses)
-            job_id = engine.submit(job('name = "d"\nshell = "echo 2"\ncount = 4\nreduce = "sum"\n'))
+            assert {n.id for n in (await engine.nodes()) if n.state == "up"} == set(cluster.addresses)
+            job_id = await engine.submit(job('name = "d"\nshell = "echo 2"\ncount = 4\nreduce = "sum"\n'))
             assert await engine.wait(job_id, timeout=30) == "succeeded"
-            assert engine.result(job_id) == 8
+            assert await engine.result(job_id) == 8
         finally:
             await engine.close()
 
@@ -89,17 +95,23 @@ async def test_graceful_drain_lets_running_tasks_finish_and_sends_no_new_ones(tm
         engine = await open_engine(cluster)
         try:
             a, b = cluster.addresses
-            job_id = engine.submit(job('name = "g"\nshell = "sleep 0.4; echo 1"\ncount = 10\nreduce = "sum"\n'))
-            await until(lambda: any(n["running"] for n in engine.nodes() if n["node"] == a), what="a task on a")
-            engine.drain(a)
+            job_id = await engine.submit(job('name = "g"\nshell = "sleep 0.4; echo 1"\ncount = 10\nreduce = "sum"\n'))
+            async def running_on_a() -> bool:
+                return any(n.running for n in await engine.nodes() if n.id == a)
+
+            await until(running_on_a, what="a task on a")
+            await engine.drain(a)
             drained_at = time.time()
             assert await engine.wait(job_id, timeout=60) == "succeeded"
-            rows = engine.task_results(job_id)
+            rows = await engine.task_results(job_id)
             on_a = [r for r in rows if r["node"] == a]
             assert 1 <= len(on_a) <= 2  # the running one (and one prefetched) finished there
             assert all(r["attempts"] == 1 for r in rows)  # nothing was killed or rerun
             assert len(rows) - len(on_a) >= 8
-            await until(lambda: next(n for n in engine.nodes() if n["node"] == a)["drained"], what="drained in snapshot")
+            async def a_drained() -> bool:
+                return next(n for n in await engine.nodes() if n.id == a).drained
+
+            await until(a_drained, what="drained in snapshot")
             assert drained_at
         finally:
             await engine.close()
@@ -117,10 +129,10 @@ async def test_straggler_gets_a_speculative_copy_on_an_idle_node(tmp_path):
                 'count = 8\nreduce = "sum"\nspeculative = true\n'
             )
             started = time.monotonic()
-            job_id = engine.submit(spec)
+            job_id = await engine.submit(spec)
             assert await engine.wait(job_id, timeout=50) == "succeeded"
             assert time.monotonic() - started < 30
-            assert engine.result(job_id) == 8
+            assert await engine.result(job_id) == 8
         finally:
             await engine.close()
 
@@ -152,20 +164,20 @@ async def test_async_api_map_and_call(one_agent):
         assert await squares.reduce(timeout=30) == 0 + 1 + 4 + 9
         one = engine.call("math:gcd", 12, 18)
         assert await one.results(timeout=30) == [6]
-        assert one.counts["succeeded"] == 1
+        assert (await one.counts())["succeeded"] == 1
     finally:
         await engine.close()
 
 
 async def test_progress_and_output_reach_the_event_stream(one_agent):
     engine = await open_engine(one_agent)
-    events = engine.events()
+    events = engine.subscribe(kinds=["Alert", "NodeChanged", "TaskProgress", "TaskOutput", "JobFinished"])
     try:
-        job_id = engine.submit(
+        job_id = await engine.submit(
             job('name = "p"\nshell = "echo ::shoal-progress 0.5 halfway; echo hello >&2; sleep 0.3; echo 7"\ncount = 1\nreduce = "sum"\n')
         )
         assert await engine.wait(job_id, timeout=30) == "succeeded"
-        seen = events.get_nowait_all()
+        seen = events.take_ready()
         progress = [e for e in seen if isinstance(e, ev.TaskProgress) and e.job == job_id]
         output = b"".join(e.data for e in seen if isinstance(e, ev.TaskOutput) and e.job == job_id)
         assert progress and progress[0].fraction == 0.5 and progress[0].message == "halfway"
