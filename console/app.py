@@ -101,13 +101,6 @@ class ShoalApp(App[None]):
             self.register_theme(definition)
         self.theme = themes.resolve(theme or "") or self._saved_theme() or themes.DEFAULT_THEME
 
-    # --- where we are ---------------------------------------------------------------
-
-    @property
-    def where(self) -> str:
-        how = "[b $warning]attached[/]" if self.api.attached else "embedded"
-        return f"{how} [$text-muted]{self.api.state_dir}[/]"
-
     # --- lifecycle --------------------------------------------------------------------
 
     def on_mount(self) -> None:

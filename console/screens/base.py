@@ -107,7 +107,7 @@ class ShoalScreen(Screen[None]):
             return
         self._stale = False
         feed = tick.feed
-        self.query_one(StatusBar).show(self.TITLE_TEXT, self.shoal.where, feed.nodes, feed.jobs)
+        self.query_one(StatusBar).show(self.TITLE_TEXT, self.shoal.api.attached, str(self.shoal.api.state_dir), feed.nodes, feed.jobs)
         self.show_tick(tick)
 
     def show_tick(self, tick: Tick) -> None:

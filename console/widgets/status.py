@@ -3,22 +3,22 @@ and the cluster at a glance."""
 
 from __future__ import annotations
 
+from textual.markup import escape
 from textual.widgets import Static
 
 from engine.views import JobInfo, NodeInfo
 
 
-def summary(screen_title: str, where: str, nodes: list[NodeInfo], jobs: list[JobInfo]) -> str:
-    """Content markup: colours are theme variables, never names. ``where`` is
-    "attached|embedded PATH"; the path goes last, the first thing cut on a
-    narrow terminal."""
+def summary(screen_title: str, attached: bool, path: str, nodes: list[NodeInfo], jobs: list[JobInfo]) -> str:
+    """Content markup: colours are theme variables, never names. The state
+    dir's path goes last, the first thing cut on a narrow terminal."""
     up = sum(1 for n in nodes if n.state == "up")
     bad = sum(1 for n in nodes if n.state in ("lost", "untrusted", "refused"))
     drained = sum(1 for n in nodes if n.state in ("draining", "drained"))
     busy = sum(n.slots_busy for n in nodes)
     slots = sum(n.slots for n in nodes)
     running = [j for j in jobs if j.status == "running"]
-    how, _, path = where.partition(" ")
+    how = "[b $warning]attached[/]" if attached else "embedded"
     parts = [f"[b]SHOAL[/b] [$text-muted]›[/] [b $accent]{screen_title}[/]", how]
     nodes_text = f"{up} up"
     if drained:
@@ -34,12 +34,12 @@ def summary(screen_title: str, where: str, nodes: list[NodeInfo], jobs: list[Job
     else:
         parts.append(f"{len(jobs)} jobs")
     if path:
-        parts.append(path)
+        parts.append(f"[$text-muted]{escape(path)}[/]")
     return " [$text-muted]│[/] ".join(parts)
 
 
 class StatusBar(Static):
     """Set with ``show``; it draws nothing else."""
 
-    def show(self, screen_title: str, where: str, nodes: list[NodeInfo], jobs: list[JobInfo]) -> None:
-        self.update(summary(screen_title, where, nodes, jobs))
+    def show(self, screen_title: str, attached: bool, path: str, nodes: list[NodeInfo], jobs: list[JobInfo]) -> None:
+        self.update(summary(screen_title, attached, path, nodes, jobs))
