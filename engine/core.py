@@ -85,10 +85,6 @@ class EngineCore(TaskStates):
     def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None) -> None:
         super().__init__(rng)
         self.config = config or CoreConfig()
-        # After a restart: the attempt ids that were perhaps in flight when the
-        # engine died. An agent that still runs one, or has its result in its
-        # journal, hands it back; the task then adopts it.
-        self.recovering: dict[str, Task] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             JobSubmitted: self._on_job_submitted,
             NodeUp: self._on_node_up,
@@ -190,13 +186,13 @@ class EngineCore(TaskStates):
         picked = fresh if wanted is None else [i for i in sorted(wanted) if job.cursor <= i < job.total]
         if wanted is not None and picked:
             # The fresh ones left become explicit queued tasks, in order.
-            keep.extend(Task(job, index) for index in fresh if index not in wanted)
+            keep.extend(self._fresh_task(job, index) for index in fresh if index not in wanted)
         if wanted is None or picked:
             job.cursor = job.total
         for task in chosen:
             self._move(task, S.CANCELLED, why)
         for index in picked:
-            self._move(Task(job, index), S.CANCELLED, why)
+            self._move(self._fresh_task(job, index), S.CANCELLED, why)
         target = f"job {job.id}" if wanted is None else f"job {job.id} tasks {sorted(wanted)}"
         self.out.audit.append(AuditEntry(e.now, e.actor, "cancel", target, ""))
 
@@ -463,9 +459,10 @@ class EngineCore(TaskStates):
             if row is not None and row[0] in TERMINAL:
                 counts[row[0]] += 1
                 continue
-            task = self._recovering_task(job, index, row[1] if row is not None else 0)
-            if row is not None:
-                task.failures, task.node_failures = row[2], row[3]
+            if row is None:
+                task = self._recovering_task(job, index, 0, 0, 0)
+            else:
+                task = self._recovering_task(job, index, row[1], row[2], row[3])
             job.requeued.append(task)
             counts[S.QUEUED] += 1
         counts[S.QUEUED] += job.total - job.cursor
@@ -481,12 +478,25 @@ class EngineCore(TaskStates):
         self._dirty_jobs.add(job)
         return job
 
-    def _recovering_task(self, job: Job, index: int, durable: int) -> Task:
-        # Both numbers that may be out there are reserved: the next one issued is past them.
+    def _recovering_task(self, job: Job, index: int, durable: int, failures: int, node_failures: int) -> Task:
+        """A task that may have attempts ``durable + 1`` and ``durable + 2``
+        out there: they stay adoptable until the task ends, and are reserved
+        (stored at once), so its next attempt, and those after another
+        crash, are past them."""
         task = Task(job, index, issued=durable + 2)
+        task.failures, task.node_failures, task.reserved = failures, node_failures, durable + 1
+        self._row(task)
         self.recovering[attempt_id(job.id, index, durable + 1)] = task
         self.recovering[attempt_id(job.id, index, durable + 2)] = task
         return task
+
+    def _fresh_task(self, job: Job, index: int) -> Task:
+        """The object for a never-dispatched index. In a restored job it may
+        have been in flight before the crash, as .1 or .2 (nothing is stored
+        at dispatch): those stay adoptable, and its attempts go on past them."""
+        if job.restored:
+            return self._recovering_task(job, index, 0, 0, 0)
+        return Task(job, index)
 
     def _recoverable(self, aid: str) -> bool:
         """Was ``aid`` perhaps in flight when the engine last died? Tasks with
@@ -505,7 +515,7 @@ class EngineCore(TaskStates):
         if number not in (1, 2) or not job.cursor <= index < job.total:
             return False
         for i in range(job.cursor, index + 1):
-            job.requeued.append(self._recovering_task(job, i, 0))
+            job.requeued.append(self._recovering_task(job, i, 0, 0, 0))
         job.cursor = index + 1
         return True
 
@@ -619,7 +629,7 @@ class EngineCore(TaskStates):
                 if requeued:
                     task = requeued.popleft()
                 else:
-                    task = Task(job, job.cursor)
+                    task = self._fresh_task(job, job.cursor)
                     job.cursor += 1
                 self._move(task, S.RUNNING, why)
 

@@ -76,5 +76,5 @@ def validate_state(core: EngineCore) -> None:
             assert job.id not in core.open_jobs, f"job {job.id} ended but is still open"
     open_ = {j.id for j in core.jobs.values() if j.status is JobStatus.RUNNING}
     assert set(core.open_jobs) == open_, "open_jobs out of step with job states"
-    for task in core.recovering.values():
-        assert task.status not in TERMINAL or not task.live, "an ended task has live attempts"
+    for aid, task in core.recovering.items():
+        assert task.status not in TERMINAL, f"{aid} is kept for adoption but task {task.job.id}.{task.index} ended"

@@ -24,7 +24,7 @@ from typing import Any
 
 from engine import events as ev
 from engine.inputs import Effects, TaskRow
-from engine.model import TERMINAL, Attempt, IllegalTransition, Job, JobStatus, Node, Task, TaskStatus
+from engine.model import TERMINAL, Attempt, IllegalTransition, Job, JobStatus, Node, Task, TaskStatus, attempt_id
 from nodeagent.protocol import TaskResult, TaskSpec
 
 # Jobs this small report every task transition as an event; bigger ones are
@@ -55,6 +55,10 @@ class TaskStates:
         self.nodes: dict[str, Node] = {}
         self.attempts: dict[str, Attempt] = {}  # every live attempt, by id
         self.backoff: list[Task] = []  # tasks in PENDING, checked on Tick
+        # After a restart: the attempt ids that were perhaps in flight when the
+        # engine died. An agent that still runs one, or has its result in its
+        # journal, hands it back; the task then adopts it.
+        self.recovering: dict[str, Task] = {}
         self.out = Effects()
         self._dirty_jobs: set[Job] = set()
         # The one table of legal moves. Leaving a queue (requeued, backoff) is
@@ -70,8 +74,8 @@ class TaskStates:
             (S.PENDING, S.QUEUED): self._t_ready,
             (S.PENDING, S.CANCELLED): self._t_cancel,
             (S.QUEUED, S.CANCELLED): self._t_cancel,
-            (S.FAILED, S.QUEUED): self._t_ready,  # resubmitted
-            (S.CANCELLED, S.QUEUED): self._t_ready,  # resubmitted
+            (S.FAILED, S.QUEUED): self._t_resubmit,
+            (S.CANCELLED, S.QUEUED): self._t_resubmit,
         }
 
     # --- the one place a task's status changes ------------------------------------
@@ -129,10 +133,18 @@ class TaskStates:
     def _t_ready(self, task: Task, why: Why) -> None:
         task.job.requeued.append(task)
 
+    def _t_resubmit(self, task: Task, why: Why) -> None:
+        # Stored at once, so a second resubmit does not find it failed again.
+        self._row(task)
+        task.job.requeued.append(task)
+
     def _row(self, task: Task, result: TaskResult | None = None, value: Any = None, error: str = "") -> None:
         # Writing ``issued`` makes every attempt number so far durable: after
         # a crash the task goes on past them (see Task.durable).
         task.durable = task.issued
+        if task.reserved and task.status in TERMINAL:
+            for number in (task.reserved, task.reserved + 1):
+                self.recovering.pop(attempt_id(task.job.id, task.index, number), None)
         r = result
         self.out.task_rows.append(
             TaskRow(
