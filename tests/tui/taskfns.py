@@ -23,3 +23,9 @@ def square(n: int) -> int:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def slow_square(n: int) -> int:
+    """n*n after 40 ms: a job that lasts long enough to attach to."""
+    time.sleep(0.04)
+    return n * n
