@@ -46,6 +46,7 @@ from nodeagent.protocol import (
 )
 from engine.spec import JobSpec
 from engine.store import Store
+from engine.paths import private_file
 from engine.trust import KnownHosts, TrustError, fingerprint
 from engine.views import NodeInfo
 
@@ -412,7 +413,7 @@ def engine_lock(state_dir: Path) -> Any:
     import fcntl
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(state_dir / "engine.lock", "w")
+    handle = open(private_file(state_dir / "engine.lock"), "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -45,6 +45,19 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def private_file(path: Path) -> Path:
+    """Create ``path`` if missing, and make it 0600 either way, before anything
+    else opens it: SQLite gives its -wal and -shm files the mode of the
+    database, so a database created private keeps its journals private whatever
+    the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path
+
+
 def _resolve(override: str | Path | None, env_var: str, default: Callable[[], Path]) -> Path:
     chosen = override if override not in (None, "") else os.environ.get(env_var) or None
     path = Path(chosen).expanduser() if chosen is not None else default()
