@@ -153,7 +153,8 @@ class Engine:
             await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"job {job_id} is still running after {timeout:g}s") from None
-        return (await self.job(job_id)).status
+        job = self.coordinator.core.jobs.get(job_id)
+        return job.status.value if job is not None else (await self.job(job_id)).status
 
     async def cancel(self, job_id: int, indices: list[int] | None = None, *, actor: str = "api") -> int:
         """Cancel the job's unfinished tasks (or those of ``indices``);
@@ -209,11 +210,13 @@ class Engine:
             fresh = range(job.cursor, job.total)
             pending = any(t.status == TaskStatus.PENDING for t in held)
             errors = self.coordinator.store.open_errors(job_id) if pending else {}
+            counts = job.counts_by_label()
         else:
             held, fresh, errors = [], range(total, total), {}
+            counts = job.counts_by_label() if job is not None else self.coordinator.store.jobs(job_id)[0]["counts"]
         try:
             return taskquery.page(
-                self.coordinator.store, job_id, live=held, open_errors=errors, fresh=fresh, status=status,
+                self.coordinator.store, job_id, live=held, open_errors=errors, fresh=fresh, counts=counts, status=status,
                 node=node, text=text, order=order, descending=descending, offset=offset, limit=limit,
             )
         except taskquery.QueryError as exc:

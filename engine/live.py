@@ -13,7 +13,8 @@ into API views; they are the one place that knows those records' fields.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import events as ev
@@ -28,7 +29,8 @@ TAIL_BYTES = 16 * 1024  # per stream, per running task
 MAX_TAILS = 4096  # running tasks with a tail kept at once (the oldest go first)
 HISTORY_SAMPLES = 900  # per node: 15 minutes of one-second heartbeats
 RATE_WINDOW = 10.0  # seconds of completions a job's rate is taken over
-_FAILED, _PENDING = int(TaskStatus.FAILED), int(TaskStatus.PENDING)
+_FAILED, _PENDING, _SUCCEEDED_CODE = int(TaskStatus.FAILED), int(TaskStatus.PENDING), int(TaskStatus.SUCCEEDED)
+_STATUS, _NODE = itemgetter(2), itemgetter(6)  # of a task row
 
 
 class LiveTask(NamedTuple):
@@ -64,8 +66,8 @@ class LiveState:
         self.tails: dict[tuple[int, int], Tail] = {}
         self.progress: dict[tuple[int, int], tuple[float | None, str]] = {}
         self.history: dict[str, deque[LoadSample]] = {}
-        self.node_done: dict[str, int] = {}
-        self.node_failed: dict[str, int] = {}
+        self.node_done: Counter[str] = Counter()
+        self.node_failed: Counter[str] = Counter()
         self.job_done: dict[int, deque[tuple[float, int]]] = {}  # (t, tasks ended) samples
 
     def observe(self, task_rows: list[Any], events: list[Any], now: float) -> None:
@@ -96,15 +98,19 @@ class LiveState:
                 samples.append((now, done))
                 while len(samples) > 2 and samples[1][0] < now - RATE_WINDOW:
                     samples.popleft()
+        if not task_rows:
+            return
+        # Every row with a node ends an attempt there. Counted in C (Counter,
+        # map): this runs for every task the engine finishes.
+        self.node_done.update(map(_NODE, task_rows))
+        statuses = list(map(_STATUS, task_rows))
+        if statuses.count(_SUCCEEDED_CODE) != len(statuses):
+            for row in task_rows:
+                if row[2] == _FAILED or row[2] == _PENDING:  # failed, for good or retried
+                    self.node_failed[row[6]] += 1
         tails, progress = self.tails, self.progress
-        node_done, node_failed = self.node_done, self.node_failed
-        for row in task_rows:
-            status, node = row[2], row[6]
-            if node:  # every row with a node ends an attempt there
-                node_done[node] = node_done.get(node, 0) + 1
-                if status == _FAILED or status == _PENDING:  # failed, for good or retried
-                    node_failed[node] = node_failed.get(node, 0) + 1
-            if tails or progress:
+        if tails or progress:
+            for row in task_rows:
                 key = (row[0], row[1])
                 tails.pop(key, None)
                 progress.pop(key, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -58,9 +59,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
--- What the task queries filter and sort by (tasks(job, status=, node=)).
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (job_id, status);
-CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks (job_id, node);
+-- The tasks that did not succeed, by status: what a UI filters for (failed,
+-- cancelled) and what waits for a retry. Partial, so the common row, a
+-- success, costs no index write; the key (job_id, idx) serves the rest.
+CREATE INDEX IF NOT EXISTS tasks_not_succeeded ON tasks (job_id, status) WHERE status != 3;
 -- Attempts that ended without ending their task (a retry, a requeue), and
 -- the final attempts of resubmitted tasks: a task's row holds only its
 -- latest attempt, these are the earlier ones of its timeline.
@@ -118,6 +120,8 @@ TASK_ORDER_SQL = {
     "error": "error",
 }
 _TERMINAL_CODES = tuple(sorted(int(s) for s in TERMINAL))
+_SUCCEEDED = int(TaskStatus.SUCCEEDED)
+_STATUS = itemgetter(2)  # of a task row
 
 # A finished row as the task queries read it.
 FinishedRow = tuple[int, int, str, int, float | None, float | None, str]  # idx, status, node, attempts, started, ended, error
@@ -145,6 +149,8 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        self.db.execute("DROP INDEX IF EXISTS tasks_by_status")  # full indexes of an earlier version
+        self.db.execute("DROP INDEX IF EXISTS tasks_by_node")
         for name in ("kind", "reducer"):  # a state dir from before these columns
             if name not in columns:
                 self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
@@ -182,7 +188,7 @@ class Store:
 
     def write(
         self,
-        task_rows: Sequence[Sequence[Any]],
+        task_rows: Sequence[tuple[Any, ...]],
         audit: Sequence[tuple[float, str, str, str, str]],
         jobs: Iterable[tuple[int, str, float, Any, dict[str, int]]],
     ) -> None:
@@ -194,11 +200,13 @@ class Store:
         if not (task_rows or audit or job_rows):
             return
         rows = [
-            tuple(r[:7]) + (pack(r[7]),) + tuple(r[8:11]) + (r[11][-STORED_TAIL_BYTES:], r[12][-STORED_TAIL_BYTES:]) + tuple(r[13:])
+            r[:7] + (pack(r[7]),) + r[8:11] + (r[11][-STORED_TAIL_BYTES:], r[12][-STORED_TAIL_BYTES:]) + r[13:]
             for r in task_rows
         ]
-        # Status codes below SUCCEEDED are pending (a retry) and queued (lost or requeued).
-        ended = [r for r in task_rows if r[2] < TaskStatus.SUCCEEDED]
+        # Status codes below SUCCEEDED are pending (a retry) and queued (lost,
+        # drained or refused); a queued row with no node is a resubmit or a
+        # restart's reservation, which ended no attempt.
+        ended = [r for r in task_rows if r[2] < _SUCCEEDED and r[6]] if task_rows and min(map(_STATUS, task_rows)) < _SUCCEEDED else []
         db = self.db
         db.execute("BEGIN")
         try:
@@ -356,8 +364,11 @@ class Store:
         params: list[Any]
         if status is None:
             where, params = f"job_id = ? AND status IN {_TERMINAL_CODES}", [job_id]
-        else:
+        elif status == _SUCCEEDED:
             where, params = "job_id = ? AND status = ?", [job_id, status]
+        else:
+            # "status != 3" spelled out: SQLite takes the partial index only then.
+            where, params = "job_id = ? AND status != 3 AND status = ?", [job_id, status]
         if node:
             where += " AND node = ?"
             params.append(node)
@@ -407,7 +418,7 @@ class Store:
     def open_errors(self, job_id: int) -> dict[int, str]:
         """The last error of tasks waiting for a retry (their row is pending)."""
         rows = self.db.execute(
-            "SELECT idx, error FROM tasks WHERE job_id = ? AND status = ? AND error != ''",
+            "SELECT idx, error FROM tasks WHERE job_id = ? AND status != 3 AND status = ? AND error != ''",
             (job_id, int(TaskStatus.PENDING)),
         )
         return {r[0]: r[1] for r in rows}

@@ -4,7 +4,9 @@ A job's tasks live in three places, and a page merges them:
 
 * finished tasks: SQLite rows with a terminal status (a task that runs again
   has its row set back to queued, so a terminal row always means finished);
-  the store filters, sorts (indexes on status and node) and pages them;
+  the store filters, sorts and pages them (by the key (job, index), or a
+  partial index of the tasks that did not succeed), and the job's counts
+  say how many there are when only the status is filtered;
 * the few the core holds in memory: running, waiting out a retry, queued
   again (``live.LiveTask``); sorted here, they are merged into the store's
   order by a window of at most ``len(live) + limit`` rows;
@@ -19,7 +21,7 @@ the live tasks: a few milliseconds at 100,000 tasks, whatever the page.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from engine.live import LiveTask
 from engine.model import TaskStatus
@@ -71,6 +73,7 @@ def page(
     live: Sequence[LiveTask],
     open_errors: dict[int, str],
     fresh: range,
+    counts: Mapping[str, int] | None = None,
     status: str | None = None,
     node: str | None = None,
     text: str | None = None,
@@ -97,7 +100,13 @@ def page(
     live_rows.sort(key=key, reverse=descending)
     # Finished rows that match: only terminal statuses are ever finished.
     finished = code is None or code in _TERMINAL
-    stored = store.count_finished(job_id, code, node, text) if finished else 0
+    if not finished:
+        stored = 0
+    elif counts is not None and not node and not text:
+        # The job's counts say how many ended each way: no need to count rows.
+        stored = sum(counts.get(_LABELS[c], 0) for c in ((code,) if code is not None else sorted(_TERMINAL)))
+    else:
+        stored = store.count_finished(job_id, code, node, text)
     matched = stored + len(live_rows)
     # The never-dispatched block, and where it sits among the others.
     block = len(fresh) if (code is None or code == _QUEUED) and not node and not text else 0
@@ -109,18 +118,40 @@ def page(
             live_before = sum(1 for r in live_rows if key(r)[:-1] > key(fresh_row)[:-1])
         else:
             live_before = sum(1 for r in live_rows if key(r)[:-1] <= key(fresh_row)[:-1])
-        stored_before = (
-            store.count_finished(job_id, code, node, text, before=(order, descending, fresh_key)) if finished else 0
-        )
+        if order == "status":  # finished statuses all sort after queued
+            stored_before = stored if descending else 0
+        elif finished:
+            stored_before = store.count_finished(job_id, code, node, text, before=(order, descending, fresh_key))
+        else:
+            stored_before = 0
         at = live_before + stored_before
     elif block and descending:
         at = 0
 
+    by_status_counts = order == "status" and code is None and counts is not None and not node and not text
+
     def finished_window(start: int, count: int) -> list[Row]:
         if not finished or count <= 0:
             return []
+        if by_status_counts:
+            return status_segments(start, count)
         rows = store.finished_rows(job_id, code, node, text, order, descending, start, count)
         return [_row(r) for r in rows]
+
+    def status_segments(start: int, count: int) -> list[Row]:
+        """Sorted by status, the finished rows are one run per status, whose
+        lengths the counts give: page each run by the key instead of sorting
+        them all."""
+        assert counts is not None
+        out: list[Row] = []
+        for c in sorted(_TERMINAL, reverse=descending):
+            size = counts.get(_LABELS[c], 0)
+            if start < size and count > 0:
+                rows = store.finished_rows(job_id, c, None, None, "index", descending, start, min(count, size - start))
+                out += [_row(r) for r in rows]
+                count -= len(rows)
+            start = max(0, start - size)
+        return out
 
     def others(lo: int, hi: int) -> list[Row]:
         """Positions [lo, hi) of finished and live rows merged in order."""
@@ -134,7 +165,7 @@ def page(
         # (there are at most len(live) of them), so they are counted, never
         # shown, and every row from lo on gets its true position.
         start = max(0, lo - len(live_rows))
-        window = finished_window(start, hi - lo + len(live_rows))
+        window = finished_window(start, hi - start)
         keys = [key(r) for r in live_rows]
         position = start
         out: list[Row] = []

@@ -51,8 +51,9 @@ task_state = st.one_of(
     descending=st.booleans(),
     offset=st.integers(0, 40),
     limit=st.integers(0, 25),
+    use_counts=st.booleans(),
 )
-def test_a_page_is_the_slice_of_all_tasks_sorted(tmp_path_factory, states, fresh, status, node, text, order, descending, offset, limit):
+def test_a_page_is_the_slice_of_all_tasks_sorted(tmp_path_factory, states, fresh, status, node, text, order, descending, offset, limit, use_counts):
     cursor = len(states)
     store, job = new_store(tmp_path_factory.mktemp("q") / "shoal.db", cursor + fresh)
     rows, live, errors, everything = [], [], {}, []
@@ -74,7 +75,8 @@ def test_a_page_is_the_slice_of_all_tasks_sorted(tmp_path_factory, states, fresh
     store.write(rows, [], [])
     for idx in range(cursor, cursor + fresh):
         everything.append((idx, 1, "", 0, None, ""))
-    got = page(store, job, live=live, open_errors=errors, fresh=range(cursor, cursor + fresh), status=status,
+    counts = {label: sum(1 for r in rows if LABELS[r[2]] == label) for label in LABELS[3:]} if use_counts else None
+    got = page(store, job, live=live, open_errors=errors, fresh=range(cursor, cursor + fresh), counts=counts, status=status,
                node=node, text=text, order=order, descending=descending, offset=offset, limit=limit)
     wanted = [r for r in everything if matches(r, status, node, text)]
     wanted.sort(key=sort_key(order), reverse=descending)
@@ -130,12 +132,14 @@ def test_every_page_of_a_mixed_job_in_every_order(tmp_path):
             everything.append((idx, code, where, attempts, (ended - started) if started else None, error))
     store.write(rows, [], [])
     everything += [(idx, 1, "", 0, None, "") for idx in range(cursor, cursor + fresh)]
+    counts = {label: sum(1 for r in rows if LABELS[r[2]] == label) for label in LABELS[3:]}
     for order in TASK_ORDERS:
         for descending in (False, True):
             wanted = sorted(everything, key=sort_key(order), reverse=descending)
             for offset in range(0, 205, 7):
-                got = page(store, job, live=live, open_errors=errors, fresh=range(cursor, cursor + fresh),
-                           order=order, descending=descending, offset=offset, limit=7)
-                assert got.total == 200
-                assert [r.index for r in got.rows] == [r[0] for r in wanted[offset : offset + 7]], (order, descending, offset)
+                for known in (None, counts):  # counted by SQL, or given by the job's counts
+                    got = page(store, job, live=live, open_errors=errors, fresh=range(cursor, cursor + fresh),
+                               counts=known, order=order, descending=descending, offset=offset, limit=7)
+                    assert got.total == 200
+                    assert [r.index for r in got.rows] == [r[0] for r in wanted[offset : offset + 7]], (order, descending, offset)
     store.close()
