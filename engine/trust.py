@@ -31,7 +31,6 @@ from engine.paths import ensure_private_dir
 log = logging.getLogger("shoal.trust")
 
 CONSOLE_KEY_FILE = "console_key"
-KNOWN_HOSTS_FILE = "known_hosts"
 SSH_DEFAULT_PORT = 22  # OpenSSH writes a bare host name only for this port
 
 Endpoint = tuple[str, int]
