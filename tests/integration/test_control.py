@@ -131,3 +131,29 @@ async def test_one_engine_per_state_dir(cluster):
         await engine.close()
     no_engine = await asyncio.to_thread(shoal, "drain", "x:1", "--state-dir", str(cluster.state_dir))
     assert no_engine.returncode == 2 and "no shoal engine is running" in no_engine.stderr
+
+
+async def test_shoal_events_tails_the_stream_as_json_lines(cluster):
+    engine = await open_engine(cluster)
+    try:
+        done = await engine.submit(job('name = "e"\nshell = "echo 5"\ncount = 2\nreduce = "sum"\n'))
+        assert await engine.wait(done, timeout=30) == "succeeded"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "console.cli", "events", "--json", "--job", str(done), "--kind", "JobFinished",
+            "--since", "0", "--state-dir", str(cluster.state_dir), cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            event = __import__("json").loads(line)
+            assert (event["event"], event["job"], event["status"], event["result"]) == ("JobFinished", done, "succeeded", 10)
+            assert event["seq"] > 0 and event["t"] > 0
+            bad = await asyncio.to_thread(shoal, "events", "--kind", "Bogus", "--state-dir", str(cluster.state_dir))
+            assert bad.returncode == 2 and "unknown event kind" in bad.stderr and "Traceback" not in bad.stderr
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        await engine.close()
+    gone = await asyncio.to_thread(shoal, "events", "--state-dir", str(cluster.state_dir))
+    assert gone.returncode == 2 and "no shoal engine is running" in gone.stderr
