@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ from nodeagent.protocol import (
 )
 from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
 from nodeagent.procs import FdWatcher, GroupReaper
+from nodeagent.taskenv import TaskEnvironment
 from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
@@ -108,6 +110,7 @@ class Executor:
         output_tail_bytes: int = 64 * 1024,
         listener: ExecutorListener | None = None,
         journal_compact_entries: int = COMPACT_MIN_ENTRIES,
+        task_env: TaskEnvironment | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
@@ -117,9 +120,12 @@ class Executor:
         self._listener: ExecutorListener = listener if listener is not None else _NoListener()
         self._journal = Journal(state_dir, compact_min_entries=journal_compact_entries)
         self._reaper = GroupReaper()
+        # What tasks see of the agent: a minimal environment, a directory each.
+        self._task_env = task_env if task_env is not None else TaskEnvironment(socket.gethostname())
         self._pool = WorkerPool(
             slots,
             self._reaper,
+            self._task_env,
             on_started=self._report_started,
             on_progress=self._task_progress,
             on_output=self._task_output,
@@ -181,6 +187,7 @@ class Executor:
         self._reaper.close(EXIT_WAIT_SECONDS)  # nothing is registered any more: it just exits
         if self._readers is not None:
             self._readers.close()
+        self._task_env.close()
         self._closed = True
 
     def _kill_everything(self) -> None:
@@ -384,6 +391,7 @@ class Executor:
             self._loop,
             self._readers,
             self._reaper,
+            self._task_env,
             on_output=partial(self._task_output, task),
             on_progress=partial(self._task_progress, task),
             on_exit=partial(self._shell_exited, task),

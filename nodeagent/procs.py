@@ -184,10 +184,12 @@ def helper_command(module: str, entry: str, *args: str) -> list[str]:
     return [sys.executable, "-c", bootstrap, *args]
 
 
-def helper_env() -> dict[str, str]:
+def helper_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: the agent's environment) and the variable that
+    carries the agent's sys.path."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(dict.fromkeys([package_root] + [p for p in sys.path if p]))
-    return dict(os.environ, **{_PATH_VARIABLE: path})
+    return dict(os.environ if base is None else base, **{_PATH_VARIABLE: path})
 
 
 class GroupReaper:

@@ -35,6 +35,7 @@ from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.journal import JournalInUse
 from nodeagent.privatefiles import UnsafeFile, check_strict_modes, write_private
 from nodeagent.session import AgentIdentity, ConsoleSession, SessionHub
+from nodeagent.taskenv import TaskEnvironment
 
 log = logging.getLogger("shoal.agent")
 
@@ -578,6 +579,7 @@ class Agent:
             state_dir=self.config.state_dir,
             allow_pickle=self.config.allow_pickle,
             listener=listener,
+            task_env=TaskEnvironment(self.agent_id, self.config.pass_env),
         )
 
     @property

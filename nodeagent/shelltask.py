@@ -21,6 +21,7 @@ from nodeagent.protocol import (
     TaskSpec,
 )
 from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, watch_exit
+from nodeagent.taskenv import TaskEnvironment
 
 SHELL_READ_BYTES = 65536
 MAX_PROGRESS_LINE = 4096
@@ -37,6 +38,7 @@ class ShellRun:
         loop: asyncio.AbstractEventLoop,
         readers: FdWatcher,
         reaper: GroupReaper,
+        task_env: TaskEnvironment,
         *,
         on_output: Callable[[str, bytes], None],
         on_progress: Callable[[float | None, str], None],
@@ -46,6 +48,8 @@ class ShellRun:
         self._loop = loop
         self._readers = readers
         self._reaper = reaper
+        self._task_env = task_env
+        self._directory = ""  # the task's own, removed when it ends
         self._on_output = on_output
         self._on_progress = on_progress
         self._on_exit = on_exit
@@ -61,15 +65,20 @@ class ShellRun:
         """Spawn the process; return an error line if it could not start."""
         spec = self._spec
         argv = spec.argv if spec.argv is not None else ["/bin/sh", "-c", spec.shell or ""]
-        env = dict(os.environ, **spec.env) if spec.env else None
         self.started = time.time()
+        try:
+            self._directory = self._task_env.task_directory()
+        except OSError as exc:
+            return f"cannot create the task's directory: {exc}"
+        env, search_path = self._task_env.shell_env(spec, self._directory)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.pid, self._popen = spawn(argv, env, spec.cwd, out_w, err_w)
+            self.pid, self._popen = spawn(argv, env, search_path, spec.cwd or self._directory, out_w, err_w)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             os.close(out_r)
             os.close(err_r)
+            self._task_env.release(self._directory)
             return f"{type(exc).__name__}: {exc}"
         finally:
             os.close(out_w)
@@ -138,6 +147,7 @@ class ShellRun:
             self._on_output("stdout", rest)
         if self._timer is not None:
             self._timer.cancel()
+        self._task_env.release(self._directory)
         self._on_exit(returncode)
 
     def _reap(self) -> int:
@@ -152,15 +162,8 @@ class ShellRun:
 # executable is looked up here once per (name, PATH) and remembered.
 _executables: dict[tuple[str, str], str] = {}
 _devnull_fd = -1
+_agent_cwd_fd = -1
 _posix_spawn_ok = hasattr(os, "posix_spawn")
-
-
-def _environment() -> Mapping[Any, Any]:
-    """The agent's environment for a child. ``os.environ`` itself would be
-    decoded variable by variable, in Python, on every spawn; its encoded
-    store (CPython's, always current) goes to C as it is."""
-    data = getattr(os.environ, "_data", None)
-    return data if isinstance(data, dict) else dict(os.environ)
 
 
 def seal_inherited_descriptors() -> None:
@@ -190,46 +193,54 @@ def seal_inherited_descriptors() -> None:
 
 
 def spawn(
-    argv: list[str], env: dict[str, str] | None, cwd: str | None, stdout_fd: int, stderr_fd: int
+    argv: list[str], env: Mapping[Any, Any], search_path: str, cwd: str, stdout_fd: int, stderr_fd: int
 ) -> tuple[int, subprocess.Popen[bytes] | None]:
-    """Start ``argv`` in a new session (its own process group) with stdin on
-    /dev/null and ``env`` (None: the agent's own); return its pid, and the
-    ``Popen`` where that had to be used.
+    """Start ``argv`` in ``cwd``, in a new session (its own process group),
+    with stdin on /dev/null and ``env``, looking the program up in
+    ``search_path``; return its pid, and the ``Popen`` where that had to be used.
 
     The child gets descriptors 0, 1 and 2 only, as with Popen's
     ``close_fds``, once ``seal_inherited_descriptors`` has run.
     """
-    global _devnull_fd, _posix_spawn_ok
+    global _devnull_fd, _agent_cwd_fd, _posix_spawn_ok
     if _devnull_fd < 0:
         _devnull_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    # posix_spawn has no chdir here, and dup2 onto itself would keep CLOEXEC.
-    if _posix_spawn_ok and cwd is None and min(_devnull_fd, stdout_fd, stderr_fd) > 2:
+        _agent_cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # dup2 onto itself would keep CLOEXEC.
+    if _posix_spawn_ok and min(_devnull_fd, stdout_fd, stderr_fd) > 2:
         actions = [
             (os.POSIX_SPAWN_DUP2, _devnull_fd, 0),
             (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
             (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
         ]
         name = argv[0]
-        key = (name, (env or os.environ).get("PATH", os.defpath))
-        child_env = _environment() if env is None else env
+        key = (name, search_path)
         cached = _executables.get(key)
+        # Python's posix_spawn has no chdir action: the agent steps into the
+        # task's directory around the call. Its event loop is the only thread
+        # that uses relative paths, and it does nothing else meanwhile.
+        os.chdir(cwd)
         try:
-            path = cached or _which(name, key[1])
+            path = cached or _which(name, search_path)
             try:
-                pid = os.posix_spawn(path, argv, child_env, file_actions=actions, setsid=True)
+                pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True)
             except (FileNotFoundError, PermissionError):
                 if cached is None:
                     raise
                 del _executables[key]  # moved or removed since: look again, once
-                path = _which(name, key[1])
-                pid = os.posix_spawn(path, argv, child_env, file_actions=actions, setsid=True)
+                path = _which(name, search_path)
+                pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True)
             _executables[key] = path
             return pid, None
         except NotImplementedError:  # no POSIX_SPAWN_SETSID on this platform
             _posix_spawn_ok = False
+        finally:
+            os.fchdir(_agent_cwd_fd)
+    executable = _which(argv[0], search_path) if os.sep not in argv[0] else None
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd, env=env, start_new_session=True
-    )
+        argv, executable=executable, stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd,
+        env=env, start_new_session=True,
+    )  # fmt: skip
     return proc.pid, proc
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from nodeagent.procs import set_parent_death_signal
+from nodeagent.taskenv import attempt_parts
 from nodeagent.workerwire import (
     CALL,
     CMD_CANCEL,
@@ -59,13 +60,14 @@ FUNCTION_CACHE_SIZE = 1024
 
 
 class _Capture(io.TextIOBase):
-    """sys.stdout / sys.stderr inside a worker: collects what a task prints."""
+    """sys.stdout / sys.stderr inside a worker: collects what a task prints,
+    and (``add_bytes``) what it writes to descriptors 1 and 2."""
 
     def __init__(self, loop: _WorkerLoop, stream: str) -> None:
         super().__init__()
         self._worker = loop
         self.stream = stream
-        self.parts: list[str] = []
+        self.parts: list[bytes] = []
         self.size = 0
 
     @property
@@ -78,16 +80,20 @@ class _Capture(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        data = text.encode("utf-8", "replace")
         with self._worker.lock:
-            self.parts.append(text)
-            self.size += len(text)
-            if self.size > FLUSH_BYTES:
-                self._worker.emit_output_locked()
-                self._worker.flush_locked()
+            self.add_bytes_locked(data)
         return len(text)
 
+    def add_bytes_locked(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size > FLUSH_BYTES:
+            self._worker.emit_output_locked()
+            self._worker.flush_locked()
+
     def take(self) -> bytes:
-        data = "".join(self.parts).encode("utf-8", "replace")
+        data = b"".join(self.parts)
         self.parts.clear()
         self.size = 0
         return data
@@ -108,11 +114,19 @@ class _WorkerLoop:
     results, output and progress while a task runs. ``lock`` guards every
     hand-over between the two, so a cancel cannot race a task's start."""
 
-    def __init__(self, cmd_fd: int, res_fd: int, shm: mmap.mmap) -> None:
+    def __init__(self, cmd_fd: int, res_fd: int, shm: mmap.mmap, out_fd: int, err_fd: int) -> None:
         self.lock = threading.RLock()  # re-entrant: a __del__ that prints may run inside a locked section
         self._work = threading.Condition(self.lock)
         self._cmd_fd = cmd_fd
         self._res_fd = res_fd
+        # Read ends of the pipes on descriptors 1 and 2, where a task's
+        # subprocesses, C code and os.write land (non-blocking).
+        self._out_fd = out_fd
+        self._err_fd = err_fd
+        self._fd_poll = select.poll()
+        self._fd_poll.register(out_fd, select.POLLIN)
+        self._fd_poll.register(err_fd, select.POLLIN)
+        self._job = ""  # SHOAL_JOB as set now
         self._batches: deque[list[Any]] = deque()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -130,6 +144,7 @@ class _WorkerLoop:
         self._start_cell = view[8:16].cast("d")  # matches SHM_LAYOUT
         self.stdout = _Capture(self, "stdout")
         self.stderr = _Capture(self, "stderr")
+        self._fd_captures = {out_fd: self.stdout, err_fd: self.stderr}
 
     # --- main thread ------------------------------------------------------------
 
@@ -158,7 +173,8 @@ class _WorkerLoop:
         now = time.time
         seq_cell = self._seq_cell
         start_cell = self._start_cell
-        for seq, kind, target, args, kwargs, env, cwd in batch:
+        fd_ready = self._fd_poll.poll
+        for seq, kind, target, args, kwargs, env, cwd, attempt_id in batch:
             with lock:
                 if seq in self._skip:
                     self._skip.discard(seq)  # cancelled: the io thread already answered
@@ -170,6 +186,7 @@ class _WorkerLoop:
                 self._current_started = started = now()
                 start_cell[0] = started
                 seq_cell[0] = seq
+            self._set_task_variables(attempt_id)
             try:
                 fn = funcs.get(target) or self._resolve(kind, target)
                 if env is None and cwd is None:
@@ -181,6 +198,8 @@ class _WorkerLoop:
             else:
                 event = self._ok_event(seq, value, started, now())
             with lock:
+                if fd_ready(0):
+                    self._read_fds_locked()  # what the task wrote to 1 and 2 is its output
                 seq_cell[0] = 0
                 self._current = 0
                 if self.stdout.size or self.stderr.size:
@@ -191,6 +210,38 @@ class _WorkerLoop:
                 self._pending_bytes += len(event)
                 if self._pending_bytes > FLUSH_BYTES:
                     self.flush_locked()
+
+    def _set_task_variables(self, attempt_id: str) -> None:
+        # Only what changed: each assignment is a putenv.
+        environ = os.environ
+        environ["SHOAL_ATTEMPT"] = attempt_id
+        parts = attempt_parts(attempt_id)
+        job, task = parts if parts is not None else ("", "")
+        if job != self._job:
+            self._job = job
+            if job:
+                environ["SHOAL_JOB"] = job
+            else:
+                environ.pop("SHOAL_JOB", None)
+        if task:
+            environ["SHOAL_TASK"] = task
+        else:
+            environ.pop("SHOAL_TASK", None)
+
+    def _read_fds_locked(self) -> None:
+        """Move what waits in the descriptor pipes to the running task's
+        output; with no task running it is dropped (a leftover background
+        process of a finished task)."""
+        for fd, capture in self._fd_captures.items():
+            while True:
+                try:
+                    data = os.read(fd, READ_BYTES)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                if self._current:
+                    capture.add_bytes_locked(data)
 
     def _resolve(self, kind: int, target: str | bytes) -> Callable[..., Any]:
         if kind == CALL:
@@ -291,21 +342,29 @@ class _WorkerLoop:
         try:
             self._io_loop()
         except BaseException:
-            traceback.print_exc(file=sys.__stderr__)
+            traceback.print_exc(file=_agent_stderr)
+            _agent_stderr.flush()
             os._exit(70)
 
     def _io_loop(self) -> None:
         unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=0)
         poller = select.poll()
         poller.register(self._cmd_fd, select.POLLIN)
+        for fd in self._fd_captures:
+            poller.register(fd, select.POLLIN)
+        cmd_fd = self._cmd_fd
         handlers: dict[int, Callable[[list[Any]], None]] = {
             CMD_RUN: self._on_run,
             CMD_CANCEL: self._on_cancel,
             CMD_STOP: self._on_stop,
         }
         while True:
-            if poller.poll(TICK_SECONDS * 1000 if self._busy else None):
-                data = os.read(self._cmd_fd, READ_BYTES)
+            ready = poller.poll(TICK_SECONDS * 1000 if self._busy else None)
+            if len(ready) > 1 or (ready and ready[0][0] != cmd_fd):
+                with self.lock:
+                    self._read_fds_locked()
+            if any(fd == cmd_fd for fd, _ in ready):
+                data = os.read(cmd_fd, READ_BYTES)
                 if not data:
                     os._exit(0)  # the agent closed the pipe or died
                 unpacker.feed(data)
@@ -355,6 +414,7 @@ class _WorkerLoop:
 
 
 _active: _WorkerLoop | None = None
+_agent_stderr: Any = sys.__stderr__  # the agent's log: for the worker's own failures only
 
 
 def progress(fraction: float | None, message: str = "") -> None:
@@ -376,7 +436,7 @@ def progress(fraction: float | None, message: str = "") -> None:
 
 def main() -> None:
     """Entry point of a worker process (started by ``WorkerProcess.spawn``)."""
-    global _active
+    global _active, _agent_stderr
     cmd_fd, res_fd, shm_fd, parent_pid = (int(arg) for arg in sys.argv[1:5])
     set_parent_death_signal(parent_pid)
     for fd in (cmd_fd, res_fd, shm_fd):
@@ -384,7 +444,18 @@ def main() -> None:
         os.set_inheritable(fd, False)
     shm = mmap.mmap(shm_fd, SHM_BYTES)
     os.close(shm_fd)
-    worker = _WorkerLoop(cmd_fd, res_fd, shm)
+    # Descriptors 1 and 2 become pipes this worker reads into the running
+    # task's output, so nothing a task writes reaches the agent's log (where
+    # it could forge lines). The worker keeps the log for its own failures.
+    _agent_stderr = os.fdopen(os.dup(2), "w")
+    read_ends = []
+    for target in (1, 2):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, target)  # inheritable: the task's subprocesses write there too
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        read_ends.append(read_end)
+    worker = _WorkerLoop(cmd_fd, res_fd, shm, *read_ends)
     _active = worker
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr

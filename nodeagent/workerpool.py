@@ -32,6 +32,7 @@ from nodeagent.protocol import (
     TaskSpec,
 )
 from nodeagent.procs import GroupReaper, exit_text
+from nodeagent.taskenv import TaskEnvironment
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
     Done,
@@ -101,6 +102,7 @@ class WorkerPool:
         self,
         size: int,
         reaper: GroupReaper,
+        task_env: TaskEnvironment,
         *,
         on_started: Callable[[Task], None],
         on_progress: Callable[[Task, float | None, str], None],
@@ -110,6 +112,7 @@ class WorkerPool:
     ) -> None:
         self.slots = [Slot() for _ in range(size)]
         self._reaper = reaper
+        self._task_env = task_env
         self._on_started = on_started
         self._on_progress = on_progress
         self._on_output = on_output
@@ -276,7 +279,9 @@ class WorkerPool:
 
     def _spawn(self, slot: Slot) -> None:
         assert self._loop is not None
-        worker = WorkerProcess(self._loop, partial(self._worker_events, slot), partial(self._worker_exit, slot))
+        worker = WorkerProcess(
+            self._loop, self._task_env, partial(self._worker_events, slot), partial(self._worker_exit, slot)
+        )
         slot.worker = worker
         try:
             worker.spawn()
@@ -458,8 +463,8 @@ class WorkerPool:
 def _entry(seq: int, spec: TaskSpec) -> tuple[Any, ...]:
     """A task as a worker batch entry."""
     if spec.kind == KIND_CALL:
-        return (seq, CALL, spec.fn, spec.args, spec.kwargs, spec.env, spec.cwd)
-    return (seq, PICKLE, spec.payload, spec.args, spec.kwargs, spec.env, spec.cwd)
+        return (seq, CALL, spec.fn, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id)
+    return (seq, PICKLE, spec.payload, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id)
 
 
 def _python_result(

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from nodeagent.procs import helper_command, helper_env, kill_group, watch_exit
+from nodeagent.taskenv import TaskEnvironment
 from nodeagent.workerwire import (
     CMD_CANCEL,
     CMD_RUN,
@@ -40,10 +41,13 @@ class WorkerProcess:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        task_env: TaskEnvironment,
         on_events: Callable[[WorkerProcess, list[Any]], None],
         on_exit: Callable[[WorkerProcess, int], None],
     ) -> None:
         self._loop = loop
+        self._task_env = task_env
+        self._directory = ""  # the worker's own: its tasks' cwd and TMPDIR
         self._on_events = on_events
         self._on_exit = on_exit
         self._unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=2 * MAX_EVENT_BYTES + READ_BYTES)
@@ -63,6 +67,7 @@ class WorkerProcess:
         return self._proc.pid if self._proc is not None else 0
 
     def spawn(self) -> None:
+        self._directory = self._task_env.new_directory("worker")
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         with tempfile.TemporaryFile() as shm_file:
@@ -75,8 +80,12 @@ class WorkerProcess:
                     stdin=subprocess.DEVNULL,
                     pass_fds=(cmd_r, res_w, shm_fd),
                     start_new_session=True,  # its own process group: a kill takes the task's children too
-                    env=helper_env(),
+                    env=helper_env(self._task_env.worker_env(self._directory)),
+                    cwd=self._directory,
                 )
+            except OSError:
+                self._task_env.remove_directory(self._directory)
+                raise
             finally:
                 os.close(cmd_r)
                 os.close(res_w)
@@ -184,6 +193,7 @@ class WorkerProcess:
         self.returncode = returncode
         self._close_results()
         self.close()
+        self._task_env.remove_directory(self._directory)
         self._on_exit(self, returncode)  # may still read current() to name the task it died in
         if self._shm is not None:
             self._shm.close()

@@ -2,7 +2,7 @@
 
 msgpack over two os pipes, each message one msgpack array.
 
-    agent -> worker   (CMD_RUN, [(seq, kind, target, args, kwargs, env, cwd), ...])
+    agent -> worker   (CMD_RUN, [(seq, kind, target, args, kwargs, env, cwd, attempt_id), ...])
                       (CMD_CANCEL, seq)   (CMD_STOP,)
     worker -> agent   (EV_READY, pid)  (EV_OK, seq, value, started, ended)
                       (EV_ERROR, seq, error, traceback, started, ended)

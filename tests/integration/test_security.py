@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from nodeagent.protocol import (
     TaskSpec,
     decode,
 )
+import nodeagent.server as server_module
 from nodeagent.server import main
 from tests.integration.conftest import shell
 from tests.integration.test_agent_security import console_hello, ssh
@@ -184,14 +186,17 @@ async def test_connection_flood_is_logged_as_a_few_summary_lines(agent, caplog):
         if not banner.startswith(b"SSH-"):
             refused[source] += 1  # aborted before the SSH banner: the gate refused it
 
+    began = time.monotonic()
     for _ in range(6):
         await asyncio.gather(*(garbage(source) for source in sources for _ in range(100)))
     agent.agent.refusals.summarise()
+    windows = 2 + int((time.monotonic() - began) // server_module.REFUSAL_WINDOW_SECONDS)
     assert sum(refused.values()) > 2000, refused
 
+    # One line when an address is first refused, then one per window at most.
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(lines) <= 2 * len(sources), lines[:20]
-    assert sum(len(line) + 40 for line in lines) < 4096  # with a timestamp and logger name each
+    assert len(lines) <= len(sources) * windows, lines[:20]
+    assert sum(len(line) + 40 for line in lines) < 2048 * windows  # with a timestamp and logger name each
     for source in sources:
         first = sum(1 for line in lines if line.startswith(f"refused connection from {source} "))
         summed = [
@@ -200,6 +205,31 @@ async def test_connection_flood_is_logged_as_a_few_summary_lines(agent, caplog):
             if (m := re.fullmatch(rf"(\d+) connections refused from {re.escape(source)} in the last \d+ s", line))
         ]
         assert first == 1 and first + sum(summed) == refused[source], (source, lines)
+
+
+async def test_refusal_log_gives_a_known_address_one_line_per_window(caplog):
+    caplog.set_level(logging.INFO, logger="shoal.agent")
+    refusals = server_module.RefusalLog(window=0.05, max_sources=2)
+
+    async def window_closes(count: int) -> list[str]:
+        deadline = time.monotonic() + 10
+        while len([r for r in caplog.records if "in the last" in r.getMessage()]) < count:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        return [r.getMessage() for r in caplog.records]
+
+    for source in ("10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.3"):
+        refusals.refused(source, "test")
+    lines = await window_closes(2)
+    assert sum(line.startswith("refused connection from") for line in lines) == 2  # the named sources
+    assert "2 connections refused from 10.0.0.1 in the last 1 s" in lines
+    assert "3 connections refused from 2 other addresses in the last 1 s" in lines
+    # Still refused in the next window: its summary only, no new first line.
+    refusals.refused("10.0.0.1", "test")
+    lines = await window_closes(3)
+    assert sum(line.startswith("refused connection from 10.0.0.1") for line in lines) == 1
+    assert lines.count("1 connections refused from 10.0.0.1 in the last 1 s") == 1
+    refusals.summarise()
 
 
 # --- numbers from the wire ------------------------------------------------------------------
@@ -327,9 +357,9 @@ async def test_hostile_items_round_trip_exactly_and_inject_nothing(one_agent_clu
         await engine.wait_for_nodes(1, timeout=30)
         for form, task in forms.items():
             spec = JobSpec(name=f"hostile {form}", kind="shell", items=items, retries=0, **task)
-            job_id = engine.submit(spec)
-            assert await engine.wait(job_id, timeout=60) == "succeeded", (form, engine.task_results(job_id))
-            outputs = [row["stdout"] for row in engine.task_results(job_id)]
+            job_id = await engine.submit(spec)
+            assert await engine.wait(job_id, timeout=60) == "succeeded", form
+            outputs = [row["stdout"] for row in await engine.task_results(job_id)]
             assert outputs == items, form
     finally:
         await engine.close()
@@ -379,3 +409,128 @@ def test_item_with_a_nul_is_refused_at_load():
 
     with pytest.raises(SpecError, match="NUL"):
         parse_job_text('shell = "printf %s {item}"\nitems = ["ok", "a\\u0000b"]\n')
+
+
+# --- state files are private -------------------------------------------------------------------
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+async def test_state_and_config_files_are_private_whatever_the_umask(one_agent_cluster, start_agent, tmp_path):
+    from engine.api import Engine
+    from engine.spec import JobSpec
+
+    cluster = one_agent_cluster
+    state = tmp_path / "state"
+    (cluster.config_dir / "known_hosts").unlink(missing_ok=True)
+    old_umask = os.umask(0o002)  # a careless operator's umask: group-writable, world-readable
+    try:
+        engine = await Engine.open(state, cluster.config_dir, nodes=cluster.addresses, trust_new=True)
+        try:
+            await engine.wait_for_nodes(1, timeout=30)
+            job_id = await engine.submit(JobSpec(name="modes", kind="shell", shell_template="echo {item}", items=[1, 2, 3]))
+            assert await engine.wait(job_id, timeout=60) == "succeeded"
+            # While the engine runs: the database's WAL and shared memory exist now.
+            live = _modes(state)
+            assert {"shoal.db", "shoal.db-wal", "shoal.db-shm", "engine.lock"} <= live.keys()
+        finally:
+            await engine.close()
+        agent = await start_agent(name="careless")
+        console = await agent.console("modes")
+        task = shell("echo hi")
+        console.run(task)
+        await console.results([task.id], ack=False)
+        agent_files = _modes(tmp_path / "careless")
+    finally:
+        os.umask(old_umask)
+    config_files = _modes(cluster.config_dir)
+    for root, seen in ((state, live), (cluster.config_dir, config_files), (tmp_path / "careless", agent_files)):
+        for name, mode in seen.items():
+            path = root / name
+            if path.is_socket():
+                assert mode & 0o077 == 0, (name, oct(mode))
+            else:
+                assert mode == (0o700 if path.is_dir() else 0o600), (str(path), oct(mode))
+    assert {"console_key", "known_hosts"} <= config_files.keys()
+    assert {"host_key", "agent_id", "console_keys.json"} <= agent_files.keys()
+
+
+# --- what a task gets from the agent -------------------------------------------------------------
+
+_TASK_VARIABLES = {"PATH", "HOME", "LANG", "TMPDIR", "SHOAL_JOB", "SHOAL_TASK", "SHOAL_ATTEMPT", "SHOAL_NODE"}
+
+
+@pytest.fixture
+async def secretive_agent(agent_process, monkeypatch, tmp_path):
+    """A real ``shoal agent`` process whose environment holds a secret."""
+    monkeypatch.setenv("AGENT_SECRET", "hunter2")
+    monkeypatch.setenv("NODE_GPU", "gpu-7")
+    proc = await agent_process("--pass-env", "NODE_GPU", state_dir=tmp_path / "secretive")
+    return proc
+
+
+async def _console_of(proc: Any, client_key: asyncssh.SSHKey, tmp_path: Path) -> Any:
+    from engine.link import open_link
+    from tests.integration.conftest import ConsoleProbe
+
+    link = await open_link(
+        "127.0.0.1", proc.port, client_key=client_key, console_id="env-test", pinned_host_key=None,
+        accept_unknown=True, connect_timeout=10,
+    )  # fmt: skip
+    return ConsoleProbe(link)
+
+
+async def test_tasks_get_a_minimal_environment_and_a_directory_of_their_own(secretive_agent, client_key, tmp_path):
+    console = await _console_of(secretive_agent, client_key, tmp_path)
+    shell_env = TaskSpec(id="7.3.1", kind="shell", argv=["env"], env={"JOB_SETTING": "x=y"})
+    shell_dir = TaskSpec(id="7.4.1", kind="shell", shell='pwd; echo "$TMPDIR"; touch leftover; mkdir sub; touch sub/f')
+    call_env = TaskSpec(id="7.5.2", kind="call", fn="tests.integration.securitytasks:environment", env={"JOB_SETTING": "1"})
+    console.run(shell_env, shell_dir, call_env)
+    results = await console.results([shell_env.id, shell_dir.id, call_env.id])
+
+    assert results[shell_env.id].ok, results[shell_env.id]
+    env = dict(line.split("=", 1) for line in results[shell_env.id].stdout.decode().splitlines())
+    assert set(env) == _TASK_VARIABLES | {"NODE_GPU", "JOB_SETTING"}, sorted(env)
+    assert (env["SHOAL_JOB"], env["SHOAL_TASK"], env["SHOAL_ATTEMPT"]) == ("7", "3", "7.3.1")
+    assert env["NODE_GPU"] == "gpu-7" and env["JOB_SETTING"] == "x=y" and env["SHOAL_NODE"] == console.hello.id
+
+    cwd, tmpdir = results[shell_dir.id].stdout.decode().splitlines()
+    assert cwd == tmpdir and Path(cwd).name.startswith("task-") and "secretive" not in cwd
+    assert not (Path(cwd) / "leftover").exists()  # what the task left is gone with it
+
+    value = results[call_env.id].value
+    call_vars, call_cwd = value[0], value[1]
+    assert "AGENT_SECRET" not in call_vars and "hunter2" not in repr(call_vars)
+    assert {"SHOAL_JOB": "7", "SHOAL_TASK": "5", "SHOAL_ATTEMPT": "7.5.2", "NODE_GPU": "gpu-7", "JOB_SETTING": "1"}.items() <= call_vars.items()
+    assert call_cwd == call_vars["TMPDIR"] and Path(call_cwd).name.startswith("worker-")
+    await console.close()
+
+
+async def test_tasks_hold_no_descriptor_to_the_agents_files(secretive_agent, client_key, authorized_keys, tmp_path):
+    console = await _console_of(secretive_agent, client_key, tmp_path)
+    shell_fds = TaskSpec(id="1.0.1", kind="shell", shell="for f in /proc/$$/fd/*; do readlink $f; done")
+    call_fds = TaskSpec(id="1.1.1", kind="call", fn="tests.integration.securitytasks:open_descriptors")
+    console.run(shell_fds, call_fds)
+    results = await console.results([shell_fds.id, call_fds.id])
+    links = results[shell_fds.id].stdout.decode().splitlines() + results[call_fds.id].value
+    state_dir = str(tmp_path / "secretive")
+    assert links and not [link for link in links if link.startswith(state_dir) or link == str(authorized_keys)], links
+    await console.close()
+
+
+async def test_call_task_output_is_captured_not_written_to_the_agents_log(secretive_agent, client_key, tmp_path):
+    console = await _console_of(secretive_agent, client_key, tmp_path)
+    task = TaskSpec(id="2.0.1", kind="call", fn="tests.integration.securitytasks:noisy")
+    console.run(task)
+    result = (await console.results([task.id]))[task.id]
+    assert result.ok and result.value == "done"
+    for line in (b"FORGED printed line", b"FORGED fd1 line", b"FORGED child out"):
+        assert line in result.stdout
+    for line in (b"FORGED fd2 line", b"FORGED dunder stderr", b"FORGED child err"):
+        assert line in result.stderr
+    await console.close()
+    assert await secretive_agent.stop() == 0
+    log = await secretive_agent.proc.stderr.read()
+    assert b"FORGED" not in log, log.decode(errors="replace")

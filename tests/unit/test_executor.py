@@ -323,7 +323,9 @@ async def test_call_env_and_cwd_apply_to_that_task_only(make: Any, tmp_path: Pat
         call("without", "env_and_cwd", "SHOAL_Y"),
     ])
     assert (await rec.result("with")).value == ["1", str(tmp_path)]
-    assert (await rec.result("without")).value == [None, os.getcwd()]
+    without = (await rec.result("without")).value
+    # Back in the worker's own directory, not the agent's (issue 12).
+    assert without[0] is None and without[1] != os.getcwd() and os.path.basename(without[1]).startswith("worker-")
     # The worker's bootstrap variable does not reach task code or its subprocesses.
     executor.submit(OWNER, [call("bootstrap", "env_and_cwd", "SHOAL_WORKER_SYS_PATH")])
     assert (await rec.result("bootstrap")).value[0] is None
