@@ -340,9 +340,10 @@ async def open_api(
     return engine
 
 
-async def run_console(api: EngineAPI, app: ShoalApp) -> None:
+async def run_console(api: EngineAPI, app: ShoalApp, *, headless: bool = False) -> None:
     """Run ``app`` until it exits or SIGTERM; then close ``api``. The terminal
-    is restored by Textual on the way out, signal or not."""
+    is restored by Textual on the way out, signal or not. (Ctrl-C is a key
+    in the app's raw terminal: a binding, ``quit_now``.)"""
     loop = asyncio.get_running_loop()
     installed = []
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -352,7 +353,7 @@ async def run_console(api: EngineAPI, app: ShoalApp) -> None:
         except (NotImplementedError, RuntimeError):
             pass
     try:
-        await app.run_async()
+        await app.run_async(headless=headless)
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

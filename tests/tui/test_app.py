@@ -4,12 +4,16 @@ the control socket, and trusting a node; all on a real engine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from console.app import build_app
+from console.app import build_app, run_console
 from console.screens.dialogs import ConfirmScreen
 from console.screens.events import EventsScreen
 from console.screens.help import HelpScreen
@@ -121,7 +125,36 @@ async def test_quit_embedded_with_unfinished_jobs_asks_and_says_they_resume(engi
         await pilot.press("y")
     assert app.return_code == 0
     assert (await engine.job(job_id)).status == "running"  # quitting the app left the job alone
+
+    again = app_for(engine, tmp_path)
+    async with again.run_test() as pilot:
+        await until(pilot, lambda: again.feed.jobs)
+        await pilot.press("ctrl+c")  # at once, no question: the state is durable
+        await until(pilot, lambda: not again.is_running, what="ctrl+c to end the app")
+    assert again.return_code == 0
     await engine.cancel(job_id)
+
+
+async def test_sigterm_ends_the_console_and_closes_the_engine(engine, tmp_path):
+    closed = asyncio.Event()
+
+    class Watched:  # the real engine; only close() is observed
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        async def close(self):
+            closed.set()
+
+    api = Watched()
+    app = app_for(api, tmp_path)
+    running = asyncio.create_task(run_console(api, app, headless=True))
+    deadline = time.monotonic() + 15
+    while not (app.is_running and app.feed.polls):
+        assert time.monotonic() < deadline and not running.done(), "the console did not start"
+        await asyncio.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running, 15)
+    assert closed.is_set() and app.return_code == 0
 
 
 async def test_attached_console_steers_the_engine_over_the_socket_and_q_detaches(engine, tmp_path):
