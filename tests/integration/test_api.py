@@ -198,3 +198,13 @@ async def test_events_resume_from_a_seq_and_filter_by_job(engines):
     later.close()
     with pytest.raises(EngineError, match="unknown event kind"):
         api.subscribe(kinds=["Bogus"])
+
+
+async def test_a_running_job_has_a_rate_and_an_eta(engines):
+    api, _ = engines
+    job_id = await api.submit(job('name = "steady"\nshell = "sleep 0.1"\ncount = 120\n'))
+    info = await eventually(lambda: api.job(job_id), lambda i: i.rate > 0 and i.eta is not None, "a rate")
+    assert info.status == "running" and 0 < info.eta < 120 / info.rate + 1
+    assert await api.cancel(job_id) > 0
+    done = await api.job(job_id)
+    assert done.status == "cancelled" and done.eta is None and done.rate == 0.0
