@@ -41,7 +41,8 @@ log = logging.getLogger("shoal.control")
 SOCKET_NAME = "engine.sock"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # what the engine reads from a client, per request
 MAX_REPLY_BYTES = 1024 * 1024 * 1024  # what a client reads: a whole job's results can be big
-MAX_IN_FLIGHT = 256  # requests one connection may have running at once
+MAX_SUBSCRIPTIONS = 16  # event streams one connection may hold
+MAX_IN_FLIGHT = 256  # requests one connection may have running at once; past it, reading waits
 
 # --- argument schemas ------------------------------------------------------------
 
@@ -213,6 +214,10 @@ class Connection:
                     await self.send({"id": None, "error": f"malformed request: {exc}", "kind": "request"})
                     return  # the stream cannot be resynchronised
                 for request in requests:
+                    while len(self._calls) >= MAX_IN_FLIGHT:
+                        # Read no more until some finish: a client that sends
+                        # and never reads fills its own socket, not our memory.
+                        await asyncio.wait(self._calls, return_when=asyncio.FIRST_COMPLETED)
                     self._dispatch(request)
         finally:
             await self.close()
@@ -229,8 +234,6 @@ class Connection:
         elif name == "unsubscribe":
             self._unsubscribe(args["sub"])
             self._spawn(self.send({"id": rid, "ok": True}))
-        elif len(self._calls) >= MAX_IN_FLIGHT:
-            self._spawn(self.send({"id": rid, "error": f"more than {MAX_IN_FLIGHT} requests in flight", "kind": "request"}))
         else:
             self._spawn(self._call(rid, name, args))
 
@@ -254,6 +257,10 @@ class Connection:
         await self.send(reply)
 
     def _subscribe(self, rid: int, args: dict[str, Any]) -> None:
+        if len(self._subs) >= MAX_SUBSCRIPTIONS:
+            # Each costs the engine a filter check per event published.
+            self._spawn(self.send({"id": rid, "error": f"more than {MAX_SUBSCRIPTIONS} subscriptions", "kind": "request"}))
+            return
         try:
             sub = self.engine.subscribe(job=args.get("job"), kinds=args.get("kinds"), since=args.get("since"))
         except EngineError as exc:
