@@ -149,3 +149,27 @@ async def test_another_uid_is_refused_even_when_the_modes_let_it_connect():
             await engine.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_subscriber_that_does_not_read_lags_instead_of_holding_the_engine(engine):
+    from engine import events as ev
+
+    slow = await connect(engine.state_dir)
+    other = await connect(engine.state_dir)
+    try:
+        stream = slow.subscribe(kinds=["Alert"])
+        await slow.jobs()  # the subscribe went ahead of this call: it is registered
+        engine.coordinator.bus.publish([ev.Alert("info", f"event {i} " + "x" * 200) for i in range(40_000)])
+        assert isinstance(await asyncio.wait_for(other.nodes(), 5), list)
+        got: list[ev.Event] = []
+        async for event in stream:
+            got.append(event)
+            if isinstance(event, ev.Lagged):
+                break
+        lagged = got[-1]
+        assert isinstance(lagged, ev.Lagged) and lagged.dropped > 0
+        assert all(isinstance(e, ev.Alert) for e in got[:-1]) and len(got) - 1 + lagged.dropped <= 40_000
+        stream.close()
+    finally:
+        await slow.close()
+        await other.close()
