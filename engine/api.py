@@ -16,8 +16,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Collection, Coroutine, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from engine import core as c
 from engine import inputs, live, taskquery
@@ -151,7 +152,7 @@ class Engine:
         self._known(job_id)
         try:
             await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"job {job_id} is still running after {timeout:g}s") from None
         job = self.coordinator.core.jobs.get(job_id)
         return job.status.value if job is not None else (await self.job(job_id)).status

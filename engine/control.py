@@ -26,8 +26,9 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Collection
+from typing import Any
 
 import msgpack
 

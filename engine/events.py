@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Collection
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, AsyncIterator, Collection
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ socket and the embedded engine can both name it without importing each other.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
-from typing import Any, AsyncIterator, Collection, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from engine.events import Event
 from engine.spec import JobSpec

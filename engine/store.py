@@ -16,9 +16,10 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import msgpack
 

@@ -21,7 +21,8 @@ the live tasks: a few milliseconds at 100,000 tasks, whatever the page.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from engine.live import LiveTask
 from engine.model import TaskStatus

@@ -2,7 +2,6 @@
 count: a cycle a reader must hold in their head is a cycle)."""
 
 import ast
-from pathlib import Path
 
 from demos.cluster import REPO
 
