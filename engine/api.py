@@ -179,7 +179,13 @@ class Engine:
         """Failed and cancelled tasks (those of ``indices`` only, if given)
         back to the queue; with ``failed_only=False`` the whole ended job
         from scratch. Returns how many tasks were queued."""
-        self._known(job_id)
+        total = self._known(job_id)
+        if indices is not None:
+            bad = [i for i in indices if not 0 <= i < total]
+            if bad:
+                raise EngineError(f"job {job_id} has no task {bad[0]} (it has {total})")
+            if not failed_only:
+                raise EngineError("a whole job is resubmitted without indices (or give failed_only=True)")
         try:
             count = self.coordinator.resubmit(job_id, failed_only, actor, indices)
         except (KeyError, ValueError) as exc:

@@ -124,7 +124,12 @@ async def test_the_same_client_code_gets_the_same_answers(engines, cluster, tmp_
 
     # Resubmit the failed ones, now fixed; their timeline keeps the first attempt.
     marker.write_text("")
-    assert await api.resubmit(job_id, actor="test") == 5
+    with pytest.raises(EngineError, match="no task 30"):
+        await api.resubmit(job_id, [30])
+    assert await api.resubmit(job_id, [25, 26], actor="test") == 2
+    assert await api.wait(job_id, timeout=60) == "failed"
+    assert [r.index for r in (await api.tasks(job_id, status="failed")).rows] == [27, 28, 29]
+    assert await api.resubmit(job_id, actor="test") == 3
     assert await api.wait(job_id, timeout=60) == "succeeded"
     assert await api.result(job_id) == sum(range(30))
     again = await api.task(job_id, 27)
