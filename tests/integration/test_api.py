@@ -213,3 +213,16 @@ async def test_a_running_job_has_a_rate_and_an_eta(engines):
     assert await api.cancel(job_id) > 0
     done = await api.job(job_id)
     assert done.status == "cancelled" and done.eta is None and done.rate == 0.0
+
+
+def test_sync_reduce_names_the_failed_tasks_unless_partial(cluster, tmp_path):
+    from engine.api import Cluster
+
+    with Cluster(cluster.addresses, state_dir=tmp_path / "sync-state", config_dir=cluster.config_dir,
+                 trust_new=True, wait_for=2) as shoal:
+        handle = shoal.map(["sh", "-c", 'test "$1" != 2 && echo "$1"', "sh", "{item}"], [1, 2, 3], reduce="sum", retries=0)
+        with pytest.raises(JobFailed) as failed:
+            handle.reduce(timeout=30)
+        assert failed.value.failed and failed.value.failed[0][0] == 1 and "task 1:" in str(failed.value)
+        assert handle.reduce(timeout=30, partial=True) == 4
+        assert handle.counts == {**handle.counts, "succeeded": 2, "failed": 1}
