@@ -116,7 +116,21 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         for agent in self.agents:
             agent.start(self.authorized_keys)
+        self.trust_agents()
         return self
+
+    def trust_agents(self) -> None:
+        """Pin each agent's host key, read from the state dir this cluster
+        gave it: the cluster trusts what it started, and nothing it merely
+        hears of over mDNS (which --trust-new never pins)."""
+        import asyncssh
+
+        from engine.trust import KnownHosts
+
+        known = KnownHosts(self.config_dir / "known_hosts")
+        for agent in self.agents:
+            key = asyncssh.read_private_key(agent.state_dir / "host_key")
+            known.pin("127.0.0.1", agent.port, key.convert_to_public(), replace=True)
 
     @property
     def addresses(self) -> list[str]:

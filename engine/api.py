@@ -99,14 +99,18 @@ class Engine:
         seen: dict[str, str] = {}
 
         def on_event(event: Any) -> None:
+            # An answer over mDNS is a hint, never trust (see Coordinator.add_node).
             node = event.node
-            if event.kind == "removed" or not node.addresses:
+            if event.kind == "removed":
+                gone = seen.pop(node.agent_id, None)
+                if gone is not None:
+                    self.coordinator.forget_hint(gone)
                 return
-            if node.agent_id in seen:
+            if not node.addresses or node.agent_id in seen:
                 return  # one agent under several names: keep the first address
             address = display_endpoint(node.addresses[0], node.port)
             seen[node.agent_id] = address
-            self.coordinator.add_node(address)
+            self.coordinator.add_node(address, hint=True)
 
         self._discovery = Discovery(interfaces=interfaces, callback=on_event)
         await self._discovery.start()

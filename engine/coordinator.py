@@ -71,6 +71,9 @@ class Peer:
     detail: str = ""
     presented_key: asyncssh.SSHKey | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Found over mDNS only: a hint, not trust. Not remembered as a known node
+    # and never pinned by --trust-new until its key is trusted (pinned).
+    hint: bool = False
 
 
 class Coordinator:
@@ -144,15 +147,28 @@ class Coordinator:
 
     # --- nodes ------------------------------------------------------------------
 
-    def add_node(self, address: str) -> None:
-        if address in self.peers:
+    def add_node(self, address: str, hint: bool = False) -> None:
+        """Use the agent at ``address``; ``hint``: it was only seen over mDNS."""
+        known = self.peers.get(address)
+        if known is not None:
+            if known.hint and not hint:  # now named by the operator too
+                known.hint = False
+                self.store.remember_node(address)
             return
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
-        peer = Peer(address, host, int(port))
+        peer = Peer(address, host, int(port), hint=hint)
         self.peers[address] = peer
-        self.store.remember_node(address)
+        if not hint:
+            self.store.remember_node(address)
         peer.task = asyncio.create_task(self._peer_loop(peer))
+
+    def forget_hint(self, address: str) -> None:
+        """An mDNS-only node stopped advertising: stop dialing it."""
+        peer = self.peers.get(address)
+        if peer is not None and peer.hint and peer.link is None and peer.task is not None:
+            peer.task.cancel()
+            del self.peers[address]
 
     def trust(self, address: str, replace: bool = False, actor: str = "operator") -> str:
         """Pin the key the node presented (operator action)."""
@@ -189,7 +205,7 @@ class Coordinator:
                 client_key=self.client_key,
                 console_id=self.console_id,
                 pinned_host_key=pinned,
-                accept_unknown=self.trust_new and pinned is None,
+                accept_unknown=self.trust_new and pinned is None and not peer.hint,
             )
         except UnknownHostKey as exc:
             peer.presented_key = exc.key
@@ -201,6 +217,9 @@ class Coordinator:
             # First trust, asked for with --trust-new: pin it like ssh would.
             self.known_hosts.pin(peer.host, peer.port, link.host_key)
             self.store.write([], [(time.time(), "engine", "trust-new", peer.address, fingerprint(link.host_key))], [])
+        if peer.hint:  # its key is pinned: trusted now, so a known node
+            peer.hint = False
+            self.store.remember_node(peer.address)
         return link
 
     async def _wait_for_trust(self, peer: Peer, exc: Exception) -> None:

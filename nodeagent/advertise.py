@@ -8,10 +8,12 @@ announce itself on networks it was not meant for.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 from zeroconf import InterfaceChoice, IPVersion
@@ -67,6 +69,7 @@ class Advertiser:
         self._interfaces = interfaces
         self._zeroconf: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
+        self._announcing: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
         ad = self._ad
@@ -84,14 +87,22 @@ class Advertiser:
         )
         # The agent id is unique and stable, so a name clash means a stale
         # record of this same agent; allow_name_change would only hide that.
-        await self._zeroconf.async_register_service(self._info)
+        # The call returns the task that keeps announcing for a second or two.
+        self._announcing = asyncio.ensure_future(await self._zeroconf.async_register_service(self._info))
         log.info("advertising %s on %s", service_name(ad.agent_id), self._interfaces or "all interfaces")
 
     async def stop(self) -> None:
         if self._zeroconf is None:
             return
+        if self._announcing is not None:
+            # An announcement sent after the goodbye would revive the record
+            # in every console's cache, for its whole TTL.
+            self._announcing.cancel()
+            await asyncio.gather(self._announcing, return_exceptions=True)
         if self._info is not None:
-            await self._zeroconf.async_unregister_service(self._info)
+            # The call returns the task that sends the goodbye; closing before
+            # it is done would cancel it, and consoles would keep a stale record.
+            await (await self._zeroconf.async_unregister_service(self._info))
         await self._zeroconf.async_close()
         self._zeroconf = None
 

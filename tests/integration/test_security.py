@@ -534,3 +534,59 @@ async def test_call_task_output_is_captured_not_written_to_the_agents_log(secret
     assert await secretive_agent.stop() == 0
     log = await secretive_agent.proc.stderr.read()
     assert b"FORGED" not in log, log.decode(errors="replace")
+
+
+# --- discovery: mDNS is trusted for nothing -------------------------------------------------------
+
+
+async def _until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_mdns_found_nodes_are_hints_never_pinned_or_remembered(tmp_path):
+    from demos.cluster import LocalCluster
+    from engine.api import Engine
+    from engine.trust import KnownHosts
+
+    with LocalCluster(tmp_path / "mdns", [1], advertise=True) as cluster:
+        (cluster.config_dir / "known_hosts").unlink()  # forget what the cluster pinned: a stranger now
+        address = cluster.addresses[0]
+        known = KnownHosts(cluster.config_dir / "known_hosts")
+        engine = await Engine.open(
+            tmp_path / "state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True
+        )
+        try:
+            coordinator = engine.coordinator
+            await _until(lambda: address in coordinator.peers and coordinator.peers[address].state == "untrusted",
+                         "the advertised agent to be seen and left untrusted")  # fmt: skip
+            # --trust-new did not pin it, and it is not a known node.
+            assert known.lookup("127.0.0.1", cluster.agents[0].port) is None
+            assert address not in coordinator.store.known_nodes()
+            # It stops advertising: the engine stops dialing it.
+            await asyncio.to_thread(cluster.agents[0].stop)
+            await _until(lambda: address not in coordinator.peers, "the hint to be dropped")
+            assert address not in coordinator.store.known_nodes()
+        finally:
+            await engine.close()
+
+
+async def test_an_mdns_node_the_operator_trusts_becomes_a_known_node(tmp_path):
+    from demos.cluster import LocalCluster
+    from engine.api import Engine
+
+    with LocalCluster(tmp_path / "mdns", [1], advertise=True) as cluster:
+        (cluster.config_dir / "known_hosts").unlink()
+        address = cluster.addresses[0]
+        engine = await Engine.open(tmp_path / "state", cluster.config_dir, mdns_interfaces=["127.0.0.1"])
+        try:
+            coordinator = engine.coordinator
+            await _until(lambda: address in coordinator.peers and coordinator.peers[address].state == "untrusted",
+                         "the advertised agent to be seen")  # fmt: skip
+            await engine.trust(address)
+            await engine.wait_for_nodes(1, timeout=30)
+            assert address in coordinator.store.known_nodes()
+        finally:
+            await engine.close()
