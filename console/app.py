@@ -30,7 +30,7 @@ from textual.signal import Signal
 
 import themes
 from console.commands import ShoalCommands
-from console.feed import Feed, LogLine
+from console.feed import KINDS, Feed, LogLine
 from console.screens.base import Pump, Tick
 from console.screens.dialogs import ConfirmScreen, PathSuggester, PromptScreen
 from console.screens.events import EventsScreen
@@ -46,6 +46,7 @@ from engine.spec import JobSpec, SpecError, load_job_file
 ACTOR = "console"
 SETTINGS_FILE = "console.json"
 RESULT_EVERY = 1.0  # seconds between partial-result queries of a running job
+SMALL_RESULTS = frozenset({"sum", "count", "min", "max"})
 AUDIT_EVERY = 2.0
 POLL_AT_LEAST = 1.0  # heartbeat ages and rates move even when no event came
 TOASTS_PER_TICK = 3
@@ -104,7 +105,7 @@ class ShoalApp(App[None]):
     # --- lifecycle --------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.subscription = self.api.subscribe()
+        self.subscription = self.api.subscribe(kinds=KINDS)
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.set_interval(1.0 / self.refresh_hz, self._tick, name="feed")
         self.polls.want(True)
@@ -142,9 +143,11 @@ class ShoalApp(App[None]):
         now = time.monotonic()
         for job in jobs:
             # A job's result when first seen and when its status changes; a
-            # running job's partial result about once a second.
+            # running job's partial result about once a second when it is
+            # small (a "collect" of 100,000 values is not sent 1/s for a cell).
             seen = self._result_seen.get(job.id)
-            if seen is None or seen[0] != job.status or (job.status == "running" and now - seen[1] >= RESULT_EVERY):
+            partial_due = job.status == "running" and job.reduce in SMALL_RESULTS and now - seen[1] >= RESULT_EVERY if seen else False
+            if seen is None or seen[0] != job.status or partial_due:
                 self._result_seen[job.id] = (job.status, now)
                 feed.results[job.id] = await api.result(job.id)
         if now - self._last_audit >= AUDIT_EVERY or forced:

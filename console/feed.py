@@ -20,9 +20,14 @@ from engine.views import AuditEntry, JobInfo, LoadSample, NodeInfo
 
 CPU_SAMPLES = 60  # one a heartbeat (about a second): the last minute
 LOG_LINES = 5_000
-FAILED_LINES_PER_TICK = 5  # more failures than this in a tick become one line
 
 BAD_NODE_STATES = {"lost", "untrusted", "refused"}
+
+# What the console subscribes to. Not TaskChanged: jobs of up to 10,000 tasks
+# send one per task move, and a console does not draw per task; JobProgress
+# says which jobs moved and by how much (failures included), the task views
+# query the engine for the rest. Not TaskProgress: the task detail polls.
+KINDS = ("NodeChanged", "NodeLoad", "JobProgress", "JobFinished", "Alert")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class Feed:
     stale: bool = True
     touched_jobs: set[int] = field(default_factory=set)
     node_states: dict[str, str] = field(default_factory=dict)
+    failed_seen: dict[int, int] = field(default_factory=dict)  # job -> failed count last logged
     last_audit: float = 0.0
     logged: int = 0  # lines ever logged (the log keeps the last LOG_LINES)
     polls: int = 0
@@ -74,8 +80,10 @@ class Feed:
             if handler is not None:
                 handler(self, event, new, failed)
         for job_id, count in failed.items():
-            if count > FAILED_LINES_PER_TICK:
-                new.append(LogLine(self.clock(), "warning", f"job {job_id}: {count} more tasks failed"))
+            job = self.job(job_id)
+            name = f" {job.name}" if job else ""
+            total = self.failed_seen.get(job_id, 0)
+            new.append(LogLine(self.clock(), "warning", f"job {job_id}{name}: {count} task(s) failed ({total} in all)"))
         self.log.extend(new)
         self.logged += len(new)
         return new
@@ -97,15 +105,17 @@ class Feed:
     def _task_changed(self, event: ev.TaskChanged, new: list[LogLine], failed: dict[int, int]) -> None:
         self.stale = True
         self.touched_jobs.add(event.job)
-        if event.status != "failed":
-            return
-        count = failed.get(event.job, 0) + 1
-        failed[event.job] = count
-        if count <= FAILED_LINES_PER_TICK:
-            error = event.error.splitlines()[0] if event.error else event.cause
-            new.append(LogLine(event.t or self.clock(), "warning", f"task {event.job}/{event.index} failed on {event.node or '-'}: {error}"))
 
-    def _task_touched(self, event: ev.TaskProgress | ev.JobProgress, new: list[LogLine], failed: dict[int, int]) -> None:
+    def _job_progress(self, event: ev.JobProgress, new: list[LogLine], failed: dict[int, int]) -> None:
+        self.stale = True
+        self.touched_jobs.add(event.job)
+        count = event.counts.get("failed", 0)
+        before = self.failed_seen.get(event.job, 0)
+        self.failed_seen[event.job] = count
+        if count > before:
+            failed[event.job] = failed.get(event.job, 0) + count - before
+
+    def _task_touched(self, event: ev.TaskProgress, new: list[LogLine], failed: dict[int, int]) -> None:
         self.stale = True
         self.touched_jobs.add(event.job)
 
@@ -152,7 +162,7 @@ _HANDLERS: dict[type[Any], Callable[[Feed, Any, list[LogLine], dict[int, int]], 
     ev.NodeLoad: Feed._node_load,
     ev.TaskChanged: Feed._task_changed,
     ev.TaskProgress: Feed._task_touched,
-    ev.JobProgress: Feed._task_touched,
+    ev.JobProgress: Feed._job_progress,
     ev.JobFinished: Feed._job_finished,
     ev.Alert: Feed._alert,
     ev.Lagged: Feed._lagged,

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import themes
+# Textual flushes a changed screen on a timer of 1/TEXTUAL_FPS (60 by
+# default: up to 17 ms between a keypress and its frame). 120 halves that
+# wait; frames are still only drawn when something changed. Read once, when
+# Textual is first imported, so it is set before the imports below.
+os.environ.setdefault("TEXTUAL_FPS", "120")
+
+import themes  # noqa: E402
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

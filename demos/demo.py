@@ -90,6 +90,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
     """The demo in the console: the same cluster, every job submitted at
     start, the TUI on the terminal. Quitting stops the engine, then every
     agent this demo started (the cluster's context)."""
+    import console.launch  # noqa: F401  (the console's frame rate, before Textual loads)
     from console.app import build_app, run_console
 
     specs = [load_job_file(JOBS_DIR / name) for name in jobs]

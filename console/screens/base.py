@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from textual.app import App, ComposeResult
 from textual.widget import Widget
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from console.feed import Feed
+from console.widgets.keybar import KeyBar
 from console.widgets.status import StatusBar
 from engine.interface import EngineError
 
@@ -88,7 +88,7 @@ class ShoalScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         yield from self.compose_body()
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def compose_body(self) -> ComposeResult:
         yield from ()

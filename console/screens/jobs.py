@@ -41,7 +41,7 @@ def job_row(job: JobInfo, result: Any) -> Row:
         str(job.id),
         job.name,
         (job.status, fmt.status_tone(job.status)),
-        [(filled, "bar"), (empty, "dim-bar"), (f" {fraction:4.0%}", "")],
+        ((filled, "bar"), (empty, "dim-bar"), (f" {fraction:4.0%}", "")),
         f"{job.done:,}/{job.total:,}",
         (str(failed), "bad" if failed else ""),
         str(counts.get("running", 0)),

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +76,7 @@ class ResultsScreen(ShoalScreen):
         self.job_id = job_id
         self.result: Any = None
         self.loads: Pump[None] = Pump(self, self._fetch, "result")
+        self._fetched = 0.0
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="result-head")
@@ -86,7 +88,10 @@ class ResultsScreen(ShoalScreen):
         self.query_one("#result-pane").focus()
 
     def show_tick(self, tick: Tick) -> None:
-        if tick.forced or self.job_id in tick.touched:
+        # A running job's partial result at most once a second: it may be big.
+        now = time.monotonic()
+        if tick.forced or (self.job_id in tick.touched and now - self._fetched >= 1.0):
+            self._fetched = now
             self.loads.want(None)
 
     async def _fetch(self, _: None) -> None:

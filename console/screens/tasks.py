@@ -5,6 +5,7 @@ failed tasks with the highlighted one's error and stderr below."""
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -16,9 +17,10 @@ from textual.widgets import Static
 from console.screens.base import Pump, ShoalScreen, Tick
 from console.screens.dialogs import ConfirmScreen, PromptScreen
 from console.widgets.line_table import LineTable
-from console.widgets.task_table import TaskTable
+from console.widgets.task_table import WINDOW, TaskTable
 from engine.views import TASK_ORDERS, TaskDetail, TaskInfo
 
+REFRESH_EVERY = 0.5  # seconds between refetches of a running job's visible rows
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -85,6 +87,7 @@ class TasksScreen(ShoalScreen):
         self.query_state = TaskQuery(status=self.FIXED_STATUS)
         self.pages: Pump[tuple[int, int]] = Pump(self, self._fetch_page, "tasks")
         self.fetches = 0
+        self._refreshed = 0.0
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="tasks-caption")
@@ -127,9 +130,13 @@ class TasksScreen(ShoalScreen):
         """A page arrived (the failures screen shows the highlighted task)."""
 
     def show_tick(self, tick: Tick) -> None:
-        if (tick.forced or self.job_id in tick.touched) and self.is_mounted:
+        # A running job's rows refresh at most REFRESH_EVERY: readable, and a
+        # page query less for the engine on most ticks.
+        now = time.monotonic()
+        if (tick.forced or (self.job_id in tick.touched and now - self._refreshed >= REFRESH_EVERY)) and self.is_mounted:
+            self._refreshed = now
             table = self.table
-            self.pages.want((table.window_offset if table.window else table.wanted_offset(), 300))
+            self.pages.want((table.window_offset if table.window else table.wanted_offset(), WINDOW))
 
     def _requery(self, **changes: object) -> None:
         self.query_state = replace(self.query_state, **changes)  # type: ignore[arg-type]

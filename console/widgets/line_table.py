@@ -8,6 +8,10 @@ million, because a subclass may hold only a window of them (``TaskTable``).
 
 Cells are plain strings or ``(text, tone)`` pairs; a tone names a component
 class (``line-table--bad``...) so colours come from the theme's stylesheet.
+
+A frame after a keypress must cost little whatever the terminal's height, so
+a cursor move repaints two lines, not the table, and finished lines are kept
+(``_strips``, keyed by the cells themselves) with the styles they use.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 Span = tuple[str, str]  # (text, tone)
-Cell = str | Span | list[Span]  # plain text, toned text, or toned pieces (a progress bar)
+Cell = str | Span | tuple[Span, ...]  # plain text, toned text, or toned pieces (a progress bar)
 Row = tuple[Cell, ...]
 
 TONES = ("good", "bad", "warn", "muted", "accent", "bar", "dim-bar")
+STRIP_CACHE = 1024  # finished lines kept: a few screens of them
 
 
 FLEX_MIN = 10  # a flexible column narrower than this is dropped instead
@@ -65,7 +70,7 @@ class LineTable(ScrollView, can_focus=True):
         Binding("enter", "select", "Open", show=False),
     ]
 
-    cursor: reactive[int] = reactive(0, always_update=True, init=False)
+    cursor: reactive[int] = reactive(0, always_update=True, init=False, repaint=False)
 
     class Highlighted(Message):
         """The cursor moved to ``row``."""
@@ -86,6 +91,8 @@ class LineTable(ScrollView, can_focus=True):
         super().__init__(id=id, classes=classes)
         self.columns = list(columns)
         self._widths: tuple[int, list[int]] = (-1, [])
+        self._styles: dict[tuple[str, ...], Style] = {}
+        self._strips: dict[tuple[object, ...], Strip] = {}
 
     # --- what subclasses provide -------------------------------------------------
 
@@ -143,12 +150,33 @@ class LineTable(ScrollView, can_focus=True):
 
     # --- drawing -------------------------------------------------------------------
 
-    def _line(self, cells: Sequence[Cell], base: Style, width: int) -> Strip:
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles.clear()
+        self._strips.clear()
+
+    def _style(self, *parts: str) -> Style:
+        """The widget's style plus the named component styles, in order."""
+        style = self._styles.get(parts)
+        if style is None:
+            style = self.rich_style
+            for part in parts:
+                if part:
+                    style += self.get_component_rich_style(f"line-table--{part}", partial=True)
+            self._styles[parts] = style
+        return style
+
+    def _line(self, cells: Sequence[Cell], mode: str, width: int) -> Strip:
+        key = (mode, width, *cells)
+        strip = self._strips.get(key)
+        if strip is not None:
+            return strip
+        base = self._style(mode)
         segments: list[Segment] = []
         for column, size, cell in zip(self.columns, self._column_widths(width), cells, strict=False):
             if size <= 0:
                 continue
-            spans = [(cell, "")] if isinstance(cell, str) else [cell] if isinstance(cell, tuple) else cell
+            spans: Sequence[Span] = ((cell, ""),) if isinstance(cell, str) else (cell,) if isinstance(cell[0], str) else cell  # type: ignore[assignment]
             room = size
             used = sum(cell_len(text) for text, _ in spans)
             if column.right and used < size:
@@ -158,29 +186,37 @@ class LineTable(ScrollView, can_focus=True):
                 if room <= 0:
                     break
                 piece = set_cell_size(text, min(room, cell_len(text)))
-                segments.append(Segment(piece, base + self.get_component_rich_style(f"line-table--{tone}", partial=True) if tone else base))
+                segments.append(Segment(piece, self._style(mode, tone) if tone else base))
                 room -= cell_len(piece)
             if room > 0:
                 segments.append(Segment(" " * room, base))
             segments.append(Segment(" ", base))
-        strip = Strip(segments)
-        return strip.adjust_cell_length(width, base)
+        strip = Strip(segments).adjust_cell_length(width, base)
+        if len(self._strips) >= STRIP_CACHE:
+            self._strips.clear()
+        self._strips[key] = strip
+        return strip
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base = self.rich_style
         if y == 0:
-            header = base + self.get_component_rich_style("line-table--header", partial=True)
-            return self._line([c.label for c in self.columns], header, width)
+            return self._line([c.label for c in self.columns], "header", width)
         index = self.first_visible + y - 1
         if index >= self.row_count:
-            return Strip.blank(width, base)
-        style = base + self.get_component_rich_style("line-table--cursor", partial=True) if index == self.cursor else base
+            return Strip.blank(width, self._style())
+        mode = "cursor" if index == self.cursor else ""
         cells = self.row(index)
         if cells is None:
-            style += self.get_component_rich_style("line-table--placeholder", partial=True)
-            return self._line(["…"], style, width)
-        return self._line(cells, style, width)
+            return self._line(["…"], mode or "placeholder", width)
+        return self._line(cells, mode, width)
+
+    def on_focus(self) -> None:
+        self.notify_style_update()  # :focus changes the cursor's look
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.notify_style_update()
+        self.refresh()
 
     # --- cursor ----------------------------------------------------------------------
 
@@ -190,7 +226,12 @@ class LineTable(ScrollView, can_focus=True):
             self.scroll_to(y=new, animate=False, immediate=True)
         elif new >= top + self.visible_rows:
             self.scroll_to(y=new - self.visible_rows + 1, animate=False, immediate=True)
-        self.refresh()
+        if self.first_visible == top:
+            # Same view: only the two rows whose look changed are repainted.
+            self.refresh_line(old + 1)
+            self.refresh_line(new + 1)
+        else:
+            self.refresh()
         if self.row_count:
             self.post_message(self.Highlighted(self, new))
 

@@ -29,3 +29,9 @@ def slow_square(n: int) -> int:
     """n*n after 40 ms: a job that lasts long enough to attach to."""
     time.sleep(0.04)
     return n * n
+
+
+def pause(item: int, seconds: float = 0.02) -> int:
+    """Sleeps ``seconds`` whatever the item: a long job of many short tasks."""
+    time.sleep(seconds)
+    return item

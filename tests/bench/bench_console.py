@@ -1,0 +1,288 @@
+"""The console under load: an engine process driving N real agents on
+loopback, the console attached to it over the control socket (as `shoal
+console` attaches to a running `shoal run`).
+
+    .venv/bin/python tests/bench/bench_console.py [--agents 64] [--tasks 100000] [--tp-tasks 20000]
+
+Prints:
+* throughput of a job of no-op tasks with the console attached vs with no
+  console, in alternating rounds of the same run (medians, and the ratio);
+* with a 100,000-task job running: the first frame of its task view (Enter
+  on the job to the first frame showing its rows), keypress-to-frame p50/p95
+  for scrolling the task table and switching screens, the console's CPU
+  while it shows the node table (and how many frames a second it drew), and
+  the console process's RSS.
+
+A "frame" is measured to its end: the compositor's update for the screen AND
+its conversion to the terminal's bytes (what Textual's driver writes; the
+headless test driver skips that, so this script does it in the hook). Keys
+are injected the way the terminal driver posts them, without Pilot's waits.
+Everything binds to 127.0.0.1; no zeroconf. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import console.launch  # noqa: E402,F401  (sets TEXTUAL_FPS as `shoal console` does, before Textual loads)
+
+from textual import events  # noqa: E402
+from textual._compositor import CompositorUpdate  # noqa: E402
+
+from console.app import ShoalApp, build_app  # noqa: E402
+from console.screens.jobs import JobsScreen  # noqa: E402
+from console.screens.nodes import NodesScreen  # noqa: E402
+from console.screens.tasks import TasksScreen  # noqa: E402
+from console.widgets.line_table import ListTable  # noqa: E402
+from console.widgets.task_table import TaskTable  # noqa: E402
+from demos.cluster import LocalCluster  # noqa: E402
+from engine.api import spec_for  # noqa: E402
+from engine.control import connect  # noqa: E402
+from engine.interface import EngineAPI  # noqa: E402
+
+NOOP = "tests.bench.tasks:noop"
+PAUSE = "tests.tui.taskfns:pause"
+SIZE = (120, 40)
+
+
+# --- the engine process ------------------------------------------------------------
+
+
+def serve(state: str, config: str, nodes: list[str]) -> None:
+    """Engine-only mode: open an engine on the nodes and serve its socket
+    until SIGTERM (a stand-in for a long `shoal run`)."""
+    from engine.api import Engine
+
+    async def main() -> None:
+        engine = await Engine.open(Path(state), Path(config), nodes=nodes, trust_new=True)
+        await engine.wait_for_nodes(len(nodes), timeout=300)
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await engine.close()
+
+    asyncio.run(main())
+
+
+def start_engine(cluster: LocalCluster, root: Path) -> subprocess.Popen[bytes]:
+    state = root / "state"
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(state), str(cluster.config_dir), *cluster.addresses],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        raise RuntimeError(f"engine did not start: {line!r}")
+    return proc
+
+
+# --- frames --------------------------------------------------------------------------
+
+
+class Frames:
+    """Hooks the app's display: times each finished frame, and resolves a
+    waiter on the first frame in which its condition holds."""
+
+    def __init__(self, app: ShoalApp) -> None:
+        self.app = app
+        self.count = 0
+        self._waiter: tuple[Callable[[], bool], asyncio.Future[float]] | None = None
+        original = app._display
+
+        def display(screen: Any, renderable: Any) -> None:
+            if renderable is not None:
+                if isinstance(renderable, CompositorUpdate):
+                    renderable.render_segments(app.console)  # the bytes a terminal would get
+                self.count += 1
+                waiter = self._waiter
+                if waiter is not None and waiter[0]():
+                    self._waiter = None
+                    if not waiter[1].done():
+                        waiter[1].set_result(time.perf_counter())
+            original(screen, renderable)
+
+        app._display = display  # type: ignore[method-assign]
+
+    async def key_to_frame(self, key: str, done: Callable[[], bool], char: str | None = None) -> float:
+        """Seconds from posting ``key`` to the end of the first frame where ``done()``."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiter = (done, future)
+        event = events.Key(key, char)
+        event.set_sender(self.app)
+        start = time.perf_counter()
+        assert self.app._driver is not None
+        self.app._driver.send_message(event)
+        return await asyncio.wait_for(future, 30) - start
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- measurements ----------------------------------------------------------------------
+
+
+async def one_job(api: EngineAPI, tasks: int) -> float:
+    """Tasks a second of a job of no-op tasks, submit to end."""
+    start = time.perf_counter()
+    job = await api.submit(spec_for(NOOP, range(tasks), name="noop", reduce="count"))
+    await api.wait(job, 600)
+    return tasks / (time.perf_counter() - start)
+
+
+async def throughput(state: Path, tasks: int, rounds: int) -> None:
+    api = await connect(state)
+    await api.wait(await api.submit(spec_for(NOOP, range(500), name="warmup")), 120)
+    alone: list[float] = []
+    attached: list[float] = []
+    for _ in range(rounds):
+        alone.append(await one_job(api, tasks))
+        console_api = await connect(state)
+        app = build_app(console_api)
+        async with app.run_test(size=SIZE) as pilot:
+            Frames(app)
+            await pilot.press("enter")  # watch the job's tasks, the busiest view
+            attached.append(await one_job(api, tasks))
+        await console_api.close()
+    await api.close()
+    a, b = statistics.median(alone), statistics.median(attached)
+    print(f"throughput, {tasks:,} no-op tasks, {rounds} alternating rounds: no console {a:,.0f}/s, "
+          f"console attached {b:,.0f}/s ({b / a:.0%} of headless)")
+    print(f"  rounds: no console {[round(x) for x in alone]}, attached {[round(x) for x in attached]}")
+
+
+async def under_load(state: Path, tasks: int, nodes: int) -> None:
+    driver_api = await connect(state)
+    big = await driver_api.submit(spec_for(PAUSE, range(tasks), name="big", kwargs={"seconds": 0.02}))
+    api = await connect(state)
+    app = build_app(api)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            frames = Frames(app)
+            jobs = app.screen
+            assert isinstance(jobs, JobsScreen)
+            while not (app.feed.jobs and jobs.query_one(ListTable).row_count):
+                await pilot.pause(0.05)
+            table = jobs.query_one(ListTable)
+            table.move_to(table.keys.index(str(big)))
+            await pilot.pause(0.3)
+
+            # First frame of the 100,000-row task view, five times.
+            first: list[float] = []
+            for _ in range(5):
+                first.append(await frames.key_to_frame("enter", lambda: isinstance(app.screen, TasksScreen)
+                                                       and bool(app.screen.query_one(TaskTable).window)))
+                assert app.screen.query_one(TaskTable).total == tasks
+                await pilot.pause(0.2)
+                await frames.key_to_frame("escape", lambda: isinstance(app.screen, JobsScreen))
+                await pilot.pause(0.2)
+            print(f"first frame of the {tasks:,}-task view: median {statistics.median(first) * 1000:.1f} ms, "
+                  f"max {max(first) * 1000:.1f} ms")
+
+            # Scrolling the task table.
+            await pilot.press("enter")
+            while not app.screen.query_one(TaskTable).window:
+                await pilot.pause(0.02)
+            tasks_table = app.screen.query_one(TaskTable)
+            scroll: list[float] = []
+            for step, key in [(1, "down")] * 150 + [(tasks_table.visible_rows, "pagedown")] * 60 + [(-1, "up")] * 50:
+                want = min(tasks - 1, max(0, tasks_table.cursor + step))
+                scroll.append(await frames.key_to_frame(key, lambda want=want: tasks_table.cursor == want
+                                                        and tasks_table.task_at(want) is not None))
+                await asyncio.sleep(0.01)  # a person's keys are not back to back
+            print(f"keypress to frame, scrolling {tasks:,} tasks ({len(scroll)} keys): "
+                  f"p50 {pct(scroll, 50) * 1000:.1f} ms, p95 {pct(scroll, 95) * 1000:.1f} ms, max {max(scroll) * 1000:.1f} ms")
+
+            # Switching screens (each visited once first: Textual builds a
+            # screen on its first visit).
+            await pilot.press("escape", "1", "2", "3", "2")
+            switch: list[float] = []
+            targets = {"1": NodesScreen, "2": JobsScreen}
+            for key in ["1", "2"] * 40:
+                switch.append(await frames.key_to_frame(key, lambda key=key: isinstance(app.screen, targets[key]), char=key))
+                await asyncio.sleep(0.01)
+            print(f"keypress to frame, switching screens ({len(switch)} keys): p50 {pct(switch, 50) * 1000:.1f} ms, "
+                  f"p95 {pct(switch, 95) * 1000:.1f} ms, max {max(switch) * 1000:.1f} ms")
+            both = scroll + switch
+            print(f"keypress to frame, all {len(both)} keys: p95 {pct(both, 95) * 1000:.1f} ms")
+
+            # The node table at the app's refresh rate, while the job runs.
+            await pilot.press("1")
+            node_rows = app.screen.query_one(ListTable)
+            while node_rows.row_count < nodes:
+                await pilot.pause(0.05)
+            await pilot.pause(1.0)
+            seconds = 10.0
+            cpu0, wall0, frames0, polls0 = cpu_seconds(), time.perf_counter(), frames.count, app.feed.polls
+            await asyncio.sleep(seconds)
+            cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+            fps = (frames.count - frames0) / seconds
+            polls = (app.feed.polls - polls0) / seconds
+            print(f"node table, {node_rows.row_count} rows, job running: console CPU {cpu:.1%} of one core, "
+                  f"{fps:.1f} frames/s, {polls:.1f} engine polls/s")
+            rss = psutil.Process().memory_info().rss / 2**20
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"console RSS: {rss:.0f} MiB now, {peak:.0f} MiB peak (this process: console + bench harness)")
+            done = (await driver_api.job(big)).done
+            print(f"  (the {tasks:,}-task job had {done:,} tasks done meanwhile)")
+    finally:
+        await driver_api.cancel(big)
+        await api.close()
+        await driver_api.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-console-") as tmp:
+        root = Path(tmp)
+        print(f"starting {args.agents} agents ({args.slots} slots each) on 127.0.0.1 ...", flush=True)
+        started = time.perf_counter()
+        with LocalCluster(root, [args.slots] * args.agents) as cluster:
+            engine = start_engine(cluster, root)
+            print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
+            try:
+                await throughput(root / "state", args.tp_tasks, args.rounds)
+                await under_load(root / "state", args.tasks, args.agents)
+            finally:
+                engine.send_signal(signal.SIGTERM)
+                engine.wait(60)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3], sys.argv[4:])
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=64)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks of the job running under the UI measurements")
+    parser.add_argument("--tp-tasks", type=int, default=20_000, help="tasks of each throughput round")
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
