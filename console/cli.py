@@ -116,7 +116,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--state-dir", help="engine state dir (default: XDG state dir)")
     p.add_argument("--config-dir", help="console config dir: key and known-hosts (default: XDG config dir)")
-    p.add_argument("--trust-new", action="store_true", help="pin host keys of nodes seen for the first time (demos)")
+    p.add_argument("--trust-new", action="store_true", help="pin the host key of a --node seen for the first time (never a node found only over mDNS)")
 
 
 def main(argv: list[str] | None = None) -> int:

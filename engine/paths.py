@@ -10,8 +10,8 @@ engine's control socket, none of which other users should reach.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import platformdirs
 

@@ -40,8 +40,8 @@ from nodeagent.protocol import (
 )
 from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
 from nodeagent.procs import FdWatcher, GroupReaper
-from nodeagent.taskenv import TaskEnvironment
 from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
+from nodeagent.taskenv import TaskEnvironment
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
     Done,

@@ -28,12 +28,12 @@ import asyncssh
 import platformdirs
 
 from nodeagent import protocol
-from nodeagent.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
 from nodeagent.advertise import Advertisement, Advertiser, addresses_to_advertise
 from nodeagent.consolekeys import ConsoleKeys
 from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.journal import JournalInUse
 from nodeagent.privatefiles import UnsafeFile, check_strict_modes, write_private
+from nodeagent.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
 from nodeagent.session import AgentIdentity, ConsoleSession, SessionHub
 from nodeagent.taskenv import TaskEnvironment
 

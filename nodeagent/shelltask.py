@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, watch_exit
 from nodeagent.protocol import (
     OUTCOME_ERROR,
     OUTCOME_OK,
@@ -20,7 +21,6 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
-from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, watch_exit
 from nodeagent.taskenv import TaskEnvironment
 
 SHELL_READ_BYTES = 65536

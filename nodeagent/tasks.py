@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nodeagent.protocol import OUTCOME_TIMEOUT, TaskResult, TaskSpec
 
-if TYPE_CHECKING:
-    from nodeagent.workerpool import Slot
-
 ERROR_SHUTDOWN = "agent shutting down"
+
+
+class SlotHold(Protocol):
+    """What a task needs of a slot it holds exclusively: to let go of it.
+    (``nodeagent.workerpool.Slot``; named structurally so that this module
+    does not import the pool, which imports this one.)"""
+
+    holder: Task | None
 
 
 class Stage(Enum):
@@ -33,7 +39,7 @@ class Task:
         self.stage = Stage.QUEUED
         self.seq = 0  # worker batch sequence number while in a worker
         self.kill: tuple[str, str] | None = None  # (outcome, error) once the agent decided to kill it
-        self.reserved: list[Slot] | None = None  # slots held exclusively (shell or multi-slot task)
+        self.reserved: Sequence[SlotHold] | None = None  # slots held exclusively (shell or multi-slot task)
         self.output: Output | None = None
 
     def release(self) -> None:

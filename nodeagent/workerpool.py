@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from nodeagent.procs import GroupReaper, exit_text
 from nodeagent.protocol import (
     KIND_CALL,
     KIND_SHELL,
@@ -31,7 +32,6 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
-from nodeagent.procs import GroupReaper, exit_text
 from nodeagent.taskenv import TaskEnvironment
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
@@ -135,7 +135,7 @@ class WorkerPool:
             self._spawn(slot)
         try:
             await asyncio.wait_for(self._all_ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._startup_failure = f"python workers did not start within {timeout:g} s"
         return self._startup_failure
 
@@ -245,7 +245,8 @@ class WorkerPool:
     def send_alone(self, task: Task) -> None:
         """A Python task holding several slots runs alone in the first one's worker."""
         assert task.reserved is not None
-        slot = task.reserved[0]
+        first = task.reserved[0]  # the one reserve() chose for its ready worker
+        slot = next(slot for slot in self.slots if slot is first)
         self._seq += 1
         task.seq = self._seq
         slot.inflight[task.seq] = task

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -20,6 +20,7 @@ import msgpack
 import pytest
 from asyncssh.packet import String, UInt32
 
+import nodeagent.server as server_module
 from engine.link import AgentRefused
 from nodeagent.consolekeys import CONSOLE_KEYS_FILE
 from nodeagent.protocol import (
@@ -36,7 +37,6 @@ from nodeagent.protocol import (
     TaskSpec,
     decode,
 )
-import nodeagent.server as server_module
 from nodeagent.server import main
 from tests.integration.conftest import shell
 from tests.integration.test_agent_security import console_hello, ssh
@@ -179,7 +179,7 @@ async def test_connection_flood_is_logged_as_a_few_summary_lines(agent, caplog):
         try:
             writer.write(b"GET / HTTP/1.0\r\n\r\n" * 4)
             banner = await asyncio.wait_for(reader.read(), 10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             banner = b""
         finally:
             writer.close()
