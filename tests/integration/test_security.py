@@ -590,3 +590,13 @@ async def test_an_mdns_node_the_operator_trusts_becomes_a_known_node(tmp_path):
             assert address in coordinator.store.known_nodes()
         finally:
             await engine.close()
+
+
+def test_agent_help_says_plainly_what_an_authorized_key_can_do(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "an authorized key can run any program, and any Python code, as the user this agent runs as" in text
+    assert "--allow-pickle only adds pickled callables, it is not a boundary" in text
+    assert "--pass-env NAME" in text
