@@ -124,7 +124,8 @@ class ShoalApp(App[None]):
         if self.subscription is not None:
             self._toast(self.feed.absorb(self.subscription.take_ready()))
         now = time.monotonic()
-        if self.feed.stale or self._forced or now - self._last_poll >= POLL_AT_LEAST:
+        live = getattr(self.screen, "LIVE", False)  # heartbeat ages and rates: poll every tick
+        if self.feed.stale or self._forced or live or now - self._last_poll >= POLL_AT_LEAST:
             self.polls.want(self._forced)
             self._forced = False
 

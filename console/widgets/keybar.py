@@ -33,6 +33,7 @@ class KeyBar(Widget, can_focus=False):
         super().__init__(id=id)
         self._keys: list[tuple[int, int, str]] = []  # (start, end, key) cells of each shown key
         self._last: list[tuple[str, str, str]] = []
+        self._resumes = -1
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
@@ -43,8 +44,12 @@ class KeyBar(Widget, can_focus=False):
         # table row near the top makes the frame's dirty area the whole
         # screen, tripling a keypress's cost.)
         shown = self._shown()
-        if shown != self._last:
+        # A resumed screen is drawn with its first repaint, and this is the
+        # first to come (Textual counts resumes in ``stack_updates``).
+        resumed = screen.stack_updates != self._resumes
+        if shown != self._last or resumed:
             self._last = shown
+            self._resumes = screen.stack_updates
             self.refresh()
 
     def _shown(self) -> list[tuple[str, str, str]]:

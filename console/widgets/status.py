@@ -41,5 +41,11 @@ def summary(screen_title: str, attached: bool, path: str, nodes: list[NodeInfo],
 class StatusBar(Static):
     """Set with ``show``; it draws nothing else."""
 
+    _shown = ""
+
     def show(self, screen_title: str, attached: bool, path: str, nodes: list[NodeInfo], jobs: list[JobInfo]) -> None:
-        self.update(summary(screen_title, attached, path, nodes, jobs))
+        text = summary(screen_title, attached, path, nodes, jobs)
+        if text != self._shown:
+            self._shown = text
+            # One line, fixed size: a repaint, never a layout of the screen.
+            self.update(text, layout=False)

@@ -3,6 +3,13 @@ loopback, the console attached to it over the control socket (as `shoal
 console` attaches to a running `shoal run`).
 
     .venv/bin/python tests/bench/bench_console.py [--agents 64] [--tasks 100000] [--tp-tasks 20000]
+    .venv/bin/python tests/bench/bench_console.py --ui-only     # the console alone, fixed data
+
+--ui-only runs the same UI measurements against the fixed in-memory engine
+of the snapshot tests (100,000 tasks, 64 nodes): the console's own cost,
+apart from a cluster's CPU use (on a 2-core machine the agents, the engine
+and the console fight for the same cores, and that is what the full run
+measures).
 
 Prints:
 * throughput of a job of no-op tasks with the console attached vs with no
@@ -179,84 +186,98 @@ async def throughput(state: Path, tasks: int, rounds: int) -> None:
     print(f"  rounds: no console {[round(x) for x in alone]}, attached {[round(x) for x in attached]}")
 
 
-async def under_load(state: Path, tasks: int, nodes: int) -> None:
+async def under_load(state: Path, tasks: int, nodes: int, task_seconds: float) -> None:
     driver_api = await connect(state)
-    big = await driver_api.submit(spec_for(PAUSE, range(tasks), name="big", kwargs={"seconds": 0.02}))
+    big = await driver_api.submit(spec_for(PAUSE, range(tasks), name="big", kwargs={"seconds": task_seconds}))
     api = await connect(state)
-    app = build_app(api)
     try:
-        async with app.run_test(size=SIZE) as pilot:
-            frames = Frames(app)
-            jobs = app.screen
-            assert isinstance(jobs, JobsScreen)
-            while not (app.feed.jobs and jobs.query_one(ListTable).row_count):
-                await pilot.pause(0.05)
-            table = jobs.query_one(ListTable)
-            table.move_to(table.keys.index(str(big)))
-            await pilot.pause(0.3)
-
-            # First frame of the 100,000-row task view, five times.
-            first: list[float] = []
-            for _ in range(5):
-                first.append(await frames.key_to_frame("enter", lambda: isinstance(app.screen, TasksScreen)
-                                                       and bool(app.screen.query_one(TaskTable).window)))
-                assert app.screen.query_one(TaskTable).total == tasks
-                await pilot.pause(0.2)
-                await frames.key_to_frame("escape", lambda: isinstance(app.screen, JobsScreen))
-                await pilot.pause(0.2)
-            print(f"first frame of the {tasks:,}-task view: median {statistics.median(first) * 1000:.1f} ms, "
-                  f"max {max(first) * 1000:.1f} ms")
-
-            # Scrolling the task table.
-            await pilot.press("enter")
-            while not app.screen.query_one(TaskTable).window:
-                await pilot.pause(0.02)
-            tasks_table = app.screen.query_one(TaskTable)
-            scroll: list[float] = []
-            for step, key in [(1, "down")] * 150 + [(tasks_table.visible_rows, "pagedown")] * 60 + [(-1, "up")] * 50:
-                want = min(tasks - 1, max(0, tasks_table.cursor + step))
-                scroll.append(await frames.key_to_frame(key, lambda want=want: tasks_table.cursor == want
-                                                        and tasks_table.task_at(want) is not None))
-                await asyncio.sleep(0.01)  # a person's keys are not back to back
-            print(f"keypress to frame, scrolling {tasks:,} tasks ({len(scroll)} keys): "
-                  f"p50 {pct(scroll, 50) * 1000:.1f} ms, p95 {pct(scroll, 95) * 1000:.1f} ms, max {max(scroll) * 1000:.1f} ms")
-
-            # Switching screens (each visited once first: Textual builds a
-            # screen on its first visit).
-            await pilot.press("escape", "1", "2", "3", "2")
-            switch: list[float] = []
-            targets = {"1": NodesScreen, "2": JobsScreen}
-            for key in ["1", "2"] * 40:
-                switch.append(await frames.key_to_frame(key, lambda key=key: isinstance(app.screen, targets[key]), char=key))
-                await asyncio.sleep(0.01)
-            print(f"keypress to frame, switching screens ({len(switch)} keys): p50 {pct(switch, 50) * 1000:.1f} ms, "
-                  f"p95 {pct(switch, 95) * 1000:.1f} ms, max {max(switch) * 1000:.1f} ms")
-            both = scroll + switch
-            print(f"keypress to frame, all {len(both)} keys: p95 {pct(both, 95) * 1000:.1f} ms")
-
-            # The node table at the app's refresh rate, while the job runs.
-            await pilot.press("1")
-            node_rows = app.screen.query_one(ListTable)
-            while node_rows.row_count < nodes:
-                await pilot.pause(0.05)
-            await pilot.pause(1.0)
-            seconds = 10.0
-            cpu0, wall0, frames0, polls0 = cpu_seconds(), time.perf_counter(), frames.count, app.feed.polls
-            await asyncio.sleep(seconds)
-            cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
-            fps = (frames.count - frames0) / seconds
-            polls = (app.feed.polls - polls0) / seconds
-            print(f"node table, {node_rows.row_count} rows, job running: console CPU {cpu:.1%} of one core, "
-                  f"{fps:.1f} frames/s, {polls:.1f} engine polls/s")
-            rss = psutil.Process().memory_info().rss / 2**20
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"console RSS: {rss:.0f} MiB now, {peak:.0f} MiB peak (this process: console + bench harness)")
-            done = (await driver_api.job(big)).done
-            print(f"  (the {tasks:,}-task job had {done:,} tasks done meanwhile)")
+        await measure_ui(api, big, tasks, nodes)
+        done = (await driver_api.job(big)).done
+        print(f"  (the {tasks:,}-task job, {task_seconds:g} s a task, had {done:,} tasks done meanwhile)")
     finally:
         await driver_api.cancel(big)
         await api.close()
         await driver_api.close()
+
+
+async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
+    app = build_app(api)
+    async with app.run_test(size=SIZE) as pilot:
+        frames = Frames(app)
+        jobs = app.screen
+        assert isinstance(jobs, JobsScreen)
+        while not (app.feed.jobs and jobs.query_one(ListTable).row_count):
+            await pilot.pause(0.05)
+        table = jobs.query_one(ListTable)
+        table.move_to(table.keys.index(str(big)))
+        await pilot.pause(0.3)
+
+        # First frame of the 100,000-row task view, five times.
+        first: list[float] = []
+        for _ in range(5):
+            first.append(await frames.key_to_frame("enter", lambda: isinstance(app.screen, TasksScreen)
+                                                   and bool(app.screen.query_one(TaskTable).window)))
+            assert app.screen.query_one(TaskTable).total == tasks
+            await pilot.pause(0.2)
+            await frames.key_to_frame("escape", lambda: isinstance(app.screen, JobsScreen))
+            await pilot.pause(0.2)
+        print(f"first frame of the {tasks:,}-task view: median {statistics.median(first) * 1000:.1f} ms, "
+              f"max {max(first) * 1000:.1f} ms")
+
+        # Scrolling the task table.
+        await pilot.press("enter")
+        while not app.screen.query_one(TaskTable).window:
+            await pilot.pause(0.02)
+        tasks_table = app.screen.query_one(TaskTable)
+        scroll: list[float] = []
+        for step, key in [(1, "down")] * 150 + [(tasks_table.visible_rows, "pagedown")] * 60 + [(-1, "up")] * 50:
+            want = min(tasks - 1, max(0, tasks_table.cursor + step))
+            scroll.append(await frames.key_to_frame(key, lambda want=want: tasks_table.cursor == want
+                                                    and tasks_table.task_at(want) is not None))
+            await asyncio.sleep(0.01)  # a person's keys are not back to back
+        lines, pages = scroll[:150] + scroll[210:], scroll[150:210]
+        print(f"keypress to frame, scrolling {tasks:,} tasks ({len(scroll)} keys): "
+              f"p50 {pct(scroll, 50) * 1000:.1f} ms, p95 {pct(scroll, 95) * 1000:.1f} ms, max {max(scroll) * 1000:.1f} ms; "
+              f"up/down p95 {pct(lines, 95) * 1000:.1f} ms, pagedown p95 {pct(pages, 95) * 1000:.1f} ms")
+
+        # Switching screens (each visited once first: Textual builds a
+        # screen on its first visit).
+        await pilot.press("escape", "1", "2", "3", "2")
+        switch: list[float] = []
+        targets = {"1": NodesScreen, "2": JobsScreen}
+        for key in ["1", "2"] * 40:
+            switch.append(await frames.key_to_frame(key, lambda key=key: isinstance(app.screen, targets[key]), char=key))
+            await asyncio.sleep(0.01)
+        print(f"keypress to frame, switching screens ({len(switch)} keys): p50 {pct(switch, 50) * 1000:.1f} ms, "
+              f"p95 {pct(switch, 95) * 1000:.1f} ms, max {max(switch) * 1000:.1f} ms")
+        both = scroll + switch
+        print(f"keypress to frame, all {len(both)} keys: p95 {pct(both, 95) * 1000:.1f} ms")
+
+        # The node table at the app's refresh rate, while the job runs.
+        await pilot.press("1")
+        node_rows = app.screen.query_one(ListTable)
+        while node_rows.row_count < nodes:
+            await pilot.pause(0.05)
+        await pilot.pause(1.0)
+        seconds = 10.0
+        cpu0, wall0, frames0, polls0 = cpu_seconds(), time.perf_counter(), frames.count, app.feed.polls
+        await asyncio.sleep(seconds)
+        cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+        fps = (frames.count - frames0) / seconds
+        polls = (app.feed.polls - polls0) / seconds
+        print(f"node table, {node_rows.row_count} rows, job running: console CPU {cpu:.1%} of one core, "
+              f"{fps:.1f} frames/s, {polls:.1f} engine polls/s")
+        rss = psutil.Process().memory_info().rss / 2**20
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"console RSS: {rss:.0f} MiB now, {peak:.0f} MiB peak (this process: console + bench harness)")
+
+
+async def ui_only() -> None:
+    from tests.tui.static_engine import StaticEngine
+
+    engine = StaticEngine(extra_nodes=58)
+    print(f"console alone on fixed data: {engine.task_count:,} tasks, {len(await engine.nodes())} nodes")
+    await measure_ui(engine, 3, engine.task_count, len(await engine.nodes()))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -269,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
             try:
                 await throughput(root / "state", args.tp_tasks, args.rounds)
-                await under_load(root / "state", args.tasks, args.agents)
+                await under_load(root / "state", args.tasks, args.agents, args.task_seconds)
             finally:
                 engine.send_signal(signal.SIGTERM)
                 engine.wait(60)
@@ -285,4 +306,7 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks of the job running under the UI measurements")
     parser.add_argument("--tp-tasks", type=int, default=20_000, help="tasks of each throughput round")
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--task-seconds", type=float, default=0.2, help="how long each task of the big job sleeps")
+    parser.add_argument("--ui-only", action="store_true", help="the UI figures against fixed in-memory data, no cluster")
+    options = parser.parse_args()
+    asyncio.run(ui_only() if options.ui_only else main(options))

@@ -43,7 +43,7 @@ def _task(job: int, index: int) -> TaskInfo:
 class StaticEngine:
     attached = False
 
-    def __init__(self, state_dir: Path = Path("/var/lib/shoal"), *, tasks: int = 100_000) -> None:
+    def __init__(self, state_dir: Path = Path("/var/lib/shoal"), *, tasks: int = 100_000, extra_nodes: int = 0) -> None:
         self.state_dir = state_dir
         self.task_count = tasks
         self.calls: list[tuple[str, Any]] = []
@@ -54,6 +54,10 @@ class StaticEngine:
             NodeInfo("10.0.0.14:7447", "lost", detail="no heartbeat for 12 s", hostname="render-04", slots=4, done=4_410, failed=7, heartbeat_age=12.3),
             NodeInfo("10.0.0.15:7447", "untrusted", detail="host key not pinned yet", fingerprint="SHA256:q1Zx4n7mJ0cR2e9VbL8tKp3sWd6yHf5uGa0oNi1rTeM"),
             NodeInfo("10.0.0.16:7447", "refused", detail="host key CHANGED since it was pinned", fingerprint="SHA256:Xx0bad0key0changed0000000000000000000000000"),
+        ]
+        self._nodes += [
+            NodeInfo(f"10.0.1.{i}:7447", "up", hostname=f"farm-{i:02d}", slots=4, slots_busy=i % 5, cpu=float(i * 7 % 100), mem=30.0, load1=2.5, done=1000 + i, heartbeat_age=0.5)
+            for i in range(1, extra_nodes + 1)
         ]
         self._jobs = [
             JobInfo(3, "frames", "running", tasks, {"succeeded": 61_204, "failed": 173, "running": 22, "queued": tasks - 61_399}, T0, None, 812.4, 47.7, "shell", "count"),
