@@ -48,7 +48,6 @@ SETTINGS_FILE = "console.json"
 RESULT_EVERY = 1.0  # seconds between partial-result queries of a running job
 SMALL_RESULTS = frozenset({"sum", "count", "min", "max"})
 AUDIT_EVERY = 2.0
-POLL_AT_LEAST = 1.0  # heartbeat ages and rates move even when no event came
 TOASTS_PER_TICK = 3
 SEVERITIES: dict[str, SeverityLevel] = {"error": "error", "warning": "warning", "info": "information"}
 # Textual's own keys that mean nothing in a table of rows.
@@ -94,7 +93,6 @@ class ShoalApp(App[None]):
         self.to_submit = list(jobs)
         self.polls: Pump[bool] = Pump(self, self._poll, "poll")
         self.subscription: Subscription | None = None
-        self._last_poll = 0.0
         self._result_seen: dict[int, tuple[str, float]] = {}  # job -> (status, when) of its last result query
         self._last_audit = 0.0
         self._forced = False
@@ -123,11 +121,10 @@ class ShoalApp(App[None]):
     def _tick(self) -> None:
         if self.subscription is not None:
             self._toast(self.feed.absorb(self.subscription.take_ready()))
-        now = time.monotonic()
-        live = getattr(self.screen, "LIVE", False)  # heartbeat ages and rates: poll every tick
-        if self.feed.stale or self._forced or live or now - self._last_poll >= POLL_AT_LEAST:
-            self.polls.want(self._forced)
-            self._forced = False
+        # One poll a tick (the pump never stacks them): a few small queries a
+        # second, whatever the engine's event rate.
+        self.polls.want(self._forced)
+        self._forced = False
 
     def force_poll(self) -> None:
         """After an operator action: refetch everything at the next tick."""
@@ -135,8 +132,6 @@ class ShoalApp(App[None]):
 
     async def _poll(self, forced: bool) -> None:
         feed, api = self.feed, self.api
-        self._last_poll = time.monotonic()
-        feed.stale = False
         nodes, jobs = await api.nodes(), await api.jobs()
         for node in nodes:
             if node.id not in feed.cpu:
@@ -154,8 +149,7 @@ class ShoalApp(App[None]):
         if now - self._last_audit >= AUDIT_EVERY or forced:
             self._last_audit = now
             feed.absorb_audit(await api.audit(200))
-        feed.nodes, feed.jobs = nodes, jobs
-        feed.polls += 1
+        feed.absorb_poll(nodes, jobs)
         touched = frozenset(feed.touched_jobs)
         feed.touched_jobs = set()
         self.tick_signal.publish(Tick(feed, touched, forced))

@@ -1,10 +1,11 @@
 """What the console knows of the engine between two frames.
 
-Engine events are not drawn one by one: ``absorb`` folds a tick's worth of
-them into dirty flags, CPU histories and log lines, and the app then asks the
-engine's snapshot queries (``nodes()``, ``jobs()``) at most once per tick.
-A 100,000-task job sends tens of thousands of events a second; the console
-does a few queries a second whatever that rate is.
+The console draws from snapshots, polled once per tick (``nodes()``,
+``jobs()``): what moved is found by comparing two polls, so the cost to the
+engine and to the console is a few small queries a second whether a job runs
+ten tasks a second or twenty thousand. Events are subscribed to only for what
+is rare and must not be missed between two polls (a node lost, a host key
+changed, a job ended, an alert): they become log lines and toasts.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from typing import Any
 from engine import events as ev
 from engine.views import AuditEntry, JobInfo, LoadSample, NodeInfo
 
-CPU_SAMPLES = 60  # one a heartbeat (about a second): the last minute
+CPU_SAMPLES = 60  # one a second: the last minute
 LOG_LINES = 5_000
 
 BAD_NODE_STATES = {"lost", "untrusted", "refused"}
 
-# What the console subscribes to. Not TaskChanged: jobs of up to 10,000 tasks
-# send one per task move, and a console does not draw per task; JobProgress
-# says which jobs moved and by how much (failures included), the task views
-# query the engine for the rest. Not TaskProgress: the task detail polls.
-KINDS = ("NodeChanged", "NodeLoad", "JobProgress", "JobFinished", "Alert")
+# Not TaskChanged (a job of up to 10,000 tasks sends one per task move) nor
+# JobProgress (one per engine loop turn while tasks move) nor NodeLoad: the
+# polls carry all of that, summed, at the console's own pace.
+KINDS = ("NodeChanged", "JobFinished", "Alert")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +48,10 @@ class Feed:
     results: dict[int, Any] = field(default_factory=dict)  # job id -> partial aggregated result
     cpu: dict[str, deque[float]] = field(default_factory=dict)
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
-    # Set by events, cleared when the app has polled.
-    stale: bool = True
-    touched_jobs: set[int] = field(default_factory=set)
+    touched_jobs: set[int] = field(default_factory=set)  # jobs that moved since the last tick
     node_states: dict[str, str] = field(default_factory=dict)
-    failed_seen: dict[int, int] = field(default_factory=dict)  # job -> failed count last logged
+    counts_seen: dict[int, dict[str, int]] = field(default_factory=dict)
+    cpu_sampled: dict[str, float] = field(default_factory=dict)  # node -> when its last CPU sample was kept
     last_audit: float = 0.0
     logged: int = 0  # lines ever logged (the log keeps the last LOG_LINES)
     polls: int = 0
@@ -69,27 +68,23 @@ class Feed:
                 return node
         return None
 
+    def _add(self, lines: list[LogLine]) -> list[LogLine]:
+        self.log.extend(lines)
+        self.logged += len(lines)
+        return lines
+
     # --- events ------------------------------------------------------------------
 
     def absorb(self, events: list[ev.Event]) -> list[LogLine]:
         """Fold events in; return the new log lines (the app toasts some)."""
         new: list[LogLine] = []
-        failed: dict[int, int] = {}
         for event in events:
             handler = _HANDLERS.get(type(event))
             if handler is not None:
-                handler(self, event, new, failed)
-        for job_id, count in failed.items():
-            job = self.job(job_id)
-            name = f" {job.name}" if job else ""
-            total = self.failed_seen.get(job_id, 0)
-            new.append(LogLine(self.clock(), "warning", f"job {job_id}{name}: {count} task(s) failed ({total} in all)"))
-        self.log.extend(new)
-        self.logged += len(new)
-        return new
+                handler(self, event, new)
+        return self._add(new)
 
-    def _node_changed(self, event: ev.NodeChanged, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
+    def _node_changed(self, event: ev.NodeChanged, new: list[LogLine]) -> None:
         before = self.node_states.get(event.node)
         self.node_states[event.node] = event.state
         if before == event.state:
@@ -98,45 +93,45 @@ class Feed:
         detail = f": {event.detail}" if event.detail else ""
         new.append(LogLine(event.t or self.clock(), "error" if bad else "info", f"node {event.node} {event.state}{detail}", bad))
 
-    def _node_load(self, event: ev.NodeLoad, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
-        self.cpu.setdefault(event.node, deque(maxlen=CPU_SAMPLES)).append(event.cpu)
-
-    def _task_changed(self, event: ev.TaskChanged, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
-        self.touched_jobs.add(event.job)
-
-    def _job_progress(self, event: ev.JobProgress, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
-        self.touched_jobs.add(event.job)
-        count = event.counts.get("failed", 0)
-        before = self.failed_seen.get(event.job, 0)
-        self.failed_seen[event.job] = count
-        if count > before:
-            failed[event.job] = failed.get(event.job, 0) + count - before
-
-    def _task_touched(self, event: ev.TaskProgress, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
-        self.touched_jobs.add(event.job)
-
-    def _job_finished(self, event: ev.JobFinished, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
+    def _job_finished(self, event: ev.JobFinished, new: list[LogLine]) -> None:
         self.touched_jobs.add(event.job)
         level = "info" if event.status == "succeeded" else "warning"
         counts = ", ".join(f"{n} {k}" for k, n in sorted(event.counts.items()) if n)
         new.append(LogLine(event.t or self.clock(), level, f"job {event.job} {event.name} {event.status} ({counts})", True))
 
-    def _alert(self, event: ev.Alert, new: list[LogLine], failed: dict[int, int]) -> None:
-        self.stale = True
+    def _alert(self, event: ev.Alert, new: list[LogLine]) -> None:
         where = f"{event.node}: " if event.node else ""
         new.append(LogLine(event.t or self.clock(), event.level, f"{where}{event.message}", True))
 
-    def _lagged(self, event: ev.Lagged, new: list[LogLine], failed: dict[int, int]) -> None:
-        # Events were dropped: the snapshots are the truth, re-read them all.
-        self.stale = True
-        self.touched_jobs.update(job.id for job in self.jobs)
+    def _lagged(self, event: ev.Lagged, new: list[LogLine]) -> None:
+        # Events were dropped (alerts among them, perhaps): say so; the polls
+        # carry on regardless.
+        new.append(LogLine(event.t or self.clock(), "warning", f"missed {event.dropped} engine event(s): the console fell behind"))
 
-    # --- snapshots ------------------------------------------------------------------
+    # --- polls ------------------------------------------------------------------------
+
+    def absorb_poll(self, nodes: list[NodeInfo], jobs: list[JobInfo]) -> list[LogLine]:
+        """A new snapshot: the jobs whose counts moved are touched (their task
+        views refetch), new failures become one line per job, and each node's
+        CPU is sampled about once a second for its sparkline."""
+        now = self.clock()
+        new: list[LogLine] = []
+        for job in jobs:
+            before = self.counts_seen.get(job.id)
+            if before == job.counts:
+                continue
+            self.touched_jobs.add(job.id)
+            self.counts_seen[job.id] = dict(job.counts)
+            failed = job.counts.get("failed", 0) - (before or {}).get("failed", 0)
+            if before is not None and failed > 0:
+                new.append(LogLine(now, "warning", f"job {job.id} {job.name}: {failed} task(s) failed ({job.counts.get('failed', 0)} in all)"))
+        for node in nodes:
+            if node.cpu is not None and now - self.cpu_sampled.get(node.id, 0.0) >= 1.0:
+                self.cpu_sampled[node.id] = now
+                self.cpu.setdefault(node.id, deque(maxlen=CPU_SAMPLES)).append(node.cpu)
+        self.nodes, self.jobs = nodes, jobs
+        self.polls += 1
+        return self._add(new)
 
     def seed_history(self, node: str, samples: list[LoadSample]) -> None:
         if node not in self.cpu:
@@ -148,21 +143,13 @@ class Feed:
         if not fresh:
             return []
         self.last_audit = fresh[-1].t
-        lines = [
-            LogLine(e.t, "info", f"{e.actor}: {e.action} {e.target}" + (f" ({e.detail})" if e.detail else ""))
-            for e in fresh
-        ]
-        self.log.extend(lines)
-        self.logged += len(lines)
-        return lines
+        return self._add(
+            [LogLine(e.t, "info", f"{e.actor}: {e.action} {e.target}" + (f" ({e.detail})" if e.detail else "")) for e in fresh]
+        )
 
 
-_HANDLERS: dict[type[Any], Callable[[Feed, Any, list[LogLine], dict[int, int]], None]] = {
+_HANDLERS: dict[type[Any], Callable[[Feed, Any, list[LogLine]], None]] = {
     ev.NodeChanged: Feed._node_changed,
-    ev.NodeLoad: Feed._node_load,
-    ev.TaskChanged: Feed._task_changed,
-    ev.TaskProgress: Feed._task_touched,
-    ev.JobProgress: Feed._job_progress,
     ev.JobFinished: Feed._job_finished,
     ev.Alert: Feed._alert,
     ev.Lagged: Feed._lagged,

@@ -76,7 +76,6 @@ class ShoalScreen(Screen[None]):
     from the feed when the app ticks, and only while it is the one shown."""
 
     TITLE_TEXT = ""
-    LIVE = False  # True: the app polls the engine every tick while this screen shows
 
     def __init__(self) -> None:
         super().__init__()

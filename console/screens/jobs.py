@@ -53,7 +53,6 @@ def job_row(job: JobInfo, result: Any) -> Row:
 
 
 class JobsScreen(ShoalScreen):
-    LIVE = True  # refreshed every tick: heartbeat ages and rates move without events
     TITLE_TEXT = "Jobs"
 
     BINDINGS: ClassVar[list[BindingType]] = [

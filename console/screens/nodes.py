@@ -52,7 +52,6 @@ def node_row(node: NodeInfo, cpu: list[float]) -> Row:
 
 
 class NodesScreen(ShoalScreen):
-    LIVE = True  # refreshed every tick: heartbeat ages and rates move without events
     TITLE_TEXT = "Nodes"
 
     BINDINGS: ClassVar[list[BindingType]] = [
