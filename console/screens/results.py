@@ -37,37 +37,28 @@ def export_path(text: str) -> Path:
     return path
 
 
-def result_rows(result: Any) -> list[tuple[str, str]]:
-    """The result as key/value rows for CSV: a mapping by key, a list by
-    position, anything else as one row."""
-    def cell(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value, default=repr, ensure_ascii=False)
-
-    if isinstance(result, dict):
-        return [(str(k), cell(v)) for k, v in result.items()]
-    if isinstance(result, (list, tuple)):
-        return [(str(i), cell(v)) for i, v in enumerate(result)]
-    return [("result", cell(result))]
+TASK_FIELDS = ["index", "status", "attempts", "node", "value", "error", "exit_code", "duration"]  # as `shoal results --csv`
 
 
-def render_export(path: Path, job: JobInfo, result: Any) -> tuple[str, int]:
-    """The file's text and how many result rows it holds."""
+def render_export(path: Path, job: JobInfo, result: Any, tasks: list[dict[str, Any]]) -> str:
+    """JSON: the job, its aggregated result and every task's row; CSV: one
+    row per task, the columns of `shoal results --csv`."""
     if path.suffix.lower() == ".csv":
-        rows = result_rows(result)
         buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["key", "value"])
-        writer.writerows(rows)
-        return buf.getvalue(), len(rows)
-    doc = {"job": job.id, "name": job.name, "status": job.status, "counts": job.counts, "total": job.total, "result": result}
-    return json.dumps(doc, default=repr, ensure_ascii=False, indent=2) + "\n", len(result_rows(result))
+        writer = csv.DictWriter(buf, fieldnames=TASK_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in tasks:
+            writer.writerow({**row, "value": json.dumps(row.get("value"), default=repr, ensure_ascii=False)})
+        return buf.getvalue()
+    doc = {"job": job.id, "name": job.name, "status": job.status, "counts": job.counts, "total": job.total, "result": result, "tasks": tasks}
+    return json.dumps(doc, default=repr, ensure_ascii=False, indent=2) + "\n"
 
 
 class ResultsScreen(ShoalScreen):
     TITLE_TEXT = "Result"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("e", "export", "Export", id="result.export", tooltip="Write the aggregated result to a .json or .csv file"),
+        Binding("e", "export", "Export", id="result.export", tooltip="Write the result and every task's row to a .json or .csv file"),
         Binding("escape", "back", "Back", id="result.back", tooltip="Back to the jobs"),
     ]
 
@@ -109,7 +100,7 @@ class ResultsScreen(ShoalScreen):
                 "Export the result",
                 export_path,
                 value=f"job-{self.job_id}.json",
-                hint="a path ending in .json (job, counts and result) or .csv (key,value rows)",
+                hint="a path ending in .json (job, result and every task) or .csv (one row per task)",
                 suggester=PathSuggester((".json", ".csv")),
             ),
             self._export_to,
@@ -120,15 +111,16 @@ class ResultsScreen(ShoalScreen):
             self.run_worker(self._export(path), group="export")
 
     async def _export(self, path: Path) -> None:
-        job = await self.shoal.api.job(self.job_id)
-        result = await self.shoal.api.result(self.job_id)
-        text, rows = render_export(path, job, result)
+        api = self.shoal.api
+        job = await api.job(self.job_id)
+        result, tasks = await api.result(self.job_id), await api.task_results(self.job_id)
+        text = render_export(path, job, result, tasks)
         try:
             await asyncio.to_thread(path.write_text, text)
         except OSError as exc:
             self.notify(f"cannot write {path}: {exc.strerror}", severity="error")
             return
-        self.notify(f"wrote {rows} row(s) to {path}")
+        self.notify(f"wrote job {job.id}: result and {len(tasks):,} task row(s) to {path}")
 
     def action_back(self) -> None:
         self.app.pop_screen()

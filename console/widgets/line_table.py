@@ -281,10 +281,16 @@ class ListTable(LineTable):
 
     def set_rows(self, keys: list[str], rows: list[Row]) -> None:
         current = self.cursor_key
-        unchanged = keys == self.keys and rows == self.rows
-        self.keys, self.rows = keys, rows
-        if unchanged:
+        if keys == self.keys:
+            # Same rows in the same order (a node table between two polls):
+            # repaint only the visible lines whose cells changed.
+            top = self.first_visible
+            changed = [i for i in range(top, min(len(rows), top + self.visible_rows)) if rows[i] != self.rows[i]]
+            self.rows = rows
+            for index in changed:
+                self.refresh_line(index + 1)
             return
+        self.keys, self.rows = keys, rows
         self.rows_changed()
         if current is not None and current in keys and keys.index(current) != self.cursor:
             self.cursor = keys.index(current)

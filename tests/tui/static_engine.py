@@ -114,6 +114,9 @@ class StaticEngine:
         indices = list(range(offset, end)) if not descending else [total - 1 - i for i in range(offset, end)]
         return TaskPage(total, offset, [_task(job_id, i) for i in indices])
 
+    async def task_results(self, job_id: int) -> list[dict[str, Any]]:
+        return []
+
     async def task(self, job_id: int, index: int) -> TaskDetail:
         info = _task(job_id, index)
         attempts = [AttemptInfo(f"{job_id}.{index}.1", "10.0.0.14:7447", T0 - 30, T0 - 18, "requeued", None, "node lost")]

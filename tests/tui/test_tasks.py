@@ -168,8 +168,9 @@ async def test_results_export_to_json_and_csv(engine, tmp_path):
         await until(pilot, lambda: (tmp_path / "out.csv").stat().st_size > 0)
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["result"] == expected and doc["job"] == job_id and doc["status"] == "succeeded"
-    rows = list(csv.reader((tmp_path / "out.csv").open()))
-    assert rows[0] == ["key", "value"] and [json.loads(v) for _, v in rows[1:]] == expected
+    assert [(t["index"], t["value"]) for t in doc["tasks"]] == [(i, i * i) for i in range(6)]
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [(int(r["index"]), json.loads(r["value"]), r["status"]) for r in rows] == [(i, i * i, "succeeded") for i in range(6)]
 
 
 async def test_submit_job_file_shows_spec_errors_inline_then_submits(engine, tmp_path):
