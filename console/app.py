@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
-from textual.theme import Theme
 from textual.notifications import SeverityLevel
+from textual.screen import Screen
 from textual.signal import Signal
+from textual.theme import Theme
 
 import themes
 from console.commands import ShoalCommands

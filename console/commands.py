@@ -18,7 +18,7 @@ class ShoalCommands(Provider):
         app = cast("ShoalApp", self.app)
         commands: list[tuple[str, str, Callable[[], object]]] = []
         seen: set[str] = set()
-        for key, active in self.screen.active_bindings.items():
+        for active in self.screen.active_bindings.values():
             binding = active.binding
             if not binding.description or not active.enabled or binding.action in seen:
                 continue

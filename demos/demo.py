@@ -35,7 +35,7 @@ async def _chaos(cluster: LocalCluster, stop: asyncio.Event, kills: list[str], s
         try:
             await asyncio.wait_for(stop.wait(), timeout=rng.uniform(2.0, 4.0))
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         victim = rng.choice(cluster.agents)
         say(f"chaos: kill -9 {victim.name} ({victim.address})")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from textual.app import App, ComposeResult
-from textual.widget import Widget
 from textual.screen import Screen
+from textual.widget import Widget
 
 from console.feed import Feed
 from console.widgets.keybar import KeyBar

@@ -176,7 +176,7 @@ class LineTable(ScrollView, can_focus=True):
         for column, size, cell in zip(self.columns, self._column_widths(width), cells, strict=False):
             if size <= 0:
                 continue
-            spans: Sequence[Span] = ((cell, ""),) if isinstance(cell, str) else (cell,) if isinstance(cell[0], str) else cell  # type: ignore[assignment]
+            spans: Sequence[Span] = ((cell, ""),) if isinstance(cell, str) else (cell,) if isinstance(cell[0], str) else cell
             room = size
             used = sum(cell_len(text) for text, _ in spans)
             if column.right and used < size:

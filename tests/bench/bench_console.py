@@ -48,11 +48,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import console.launch  # noqa: E402,F401  (sets TEXTUAL_FPS as `shoal console` does, before Textual loads)
-
 from textual import events  # noqa: E402
 from textual._compositor import CompositorUpdate  # noqa: E402
 
+import console.launch  # noqa: E402,F401  (sets TEXTUAL_FPS as `shoal console` does, before Textual loads)
 from console.app import ShoalApp, build_app  # noqa: E402
 from console.screens.jobs import JobsScreen  # noqa: E402
 from console.screens.nodes import NodesScreen  # noqa: E402

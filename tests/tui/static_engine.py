@@ -36,7 +36,7 @@ class StaticSubscription:
 def _task(job: int, index: int) -> TaskInfo:
     status = STATUS_CYCLE[index % len(STATUS_CYCLE)]
     node = f"10.0.0.{11 + index % 5}:7447" if status != "queued" else ""
-    error = "ValueError: cannot parse frame 0x%04x" % index if status == "failed" else ""
+    error = f"ValueError: cannot parse frame 0x{index:04x}" if status == "failed" else ""
     return TaskInfo(job, index, status, node, 1 + (index % 3 == 0), None if status == "queued" else 0.5 + (index % 17) / 10, error)
 
 

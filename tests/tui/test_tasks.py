@@ -164,7 +164,8 @@ async def test_results_export_to_json_and_csv(engine, tmp_path):
             assert "no such folder" in text_of(prompt, "#prompt-error")
             prompt.query_one(Input).value = str(tmp_path / name)
             await pilot.press("enter")
-            await until(pilot, lambda: (tmp_path / name).exists(), what=f"{name} written")
+            written = tmp_path / name
+            await until(pilot, written.exists, what=f"{name} written")
         await until(pilot, lambda: (tmp_path / "out.csv").stat().st_size > 0)
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["result"] == expected and doc["job"] == job_id and doc["status"] == "succeeded"
