@@ -31,7 +31,8 @@ from textual.theme import Theme
 import themes
 from console.commands import ShoalCommands
 from console.feed import KINDS, Feed, LogLine
-from console.screens.base import Pump, Tick
+from console.host import Tick
+from console.screens.base import Pump
 from console.screens.dialogs import ConfirmScreen, PathSuggester, PromptScreen
 from console.screens.events import EventsScreen
 from console.screens.help import HelpScreen

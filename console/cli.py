@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from demos.demo import main as demo_main
+    from console.demo import main as demo_main
 
     if not 1 <= args.nodes <= 64:
         raise UserError("--nodes must be between 1 and 64")

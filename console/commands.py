@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-if TYPE_CHECKING:
-    from console.app import ShoalApp
+from console.host import ConsoleHost
 
 
 class ShoalCommands(Provider):
     def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
-        app = cast("ShoalApp", self.app)
+        app = self.app
+        host = cast(ConsoleHost, app)
         commands: list[tuple[str, str, Callable[[], object]]] = []
         seen: set[str] = set()
         for active in self.screen.active_bindings.values():
@@ -25,8 +25,8 @@ class ShoalCommands(Provider):
             seen.add(binding.action)
             label = f"{binding.description} ({binding.key_display or app.get_key_display(binding)})"
             commands.append((label, active.tooltip or binding.tooltip, partial(app.run_action, binding.action, active.node)))
-        for name in app.shoal_theme_names():
-            commands.append((f"Theme: {name}", "Switch the console's colours (remembered)", partial(app.set_theme, name)))
+        for name in host.shoal_theme_names():
+            commands.append((f"Theme: {name}", "Switch the console's colours (remembered)", partial(host.set_theme, name)))
         return commands
 
     async def discover(self) -> Hits:

@@ -26,7 +26,7 @@ SIZE = (120, 30)
 async def shoot(out: Path, theme: str, settle: float) -> list[Path]:
     from console.app import build_app
     from demos.cluster import LocalCluster
-    from demos.demo import DEMO_JOBS, JOBS_DIR
+    from console.demo import DEMO_JOBS, JOBS_DIR
     from engine.api import Engine
     from engine.spec import load_job_file
 

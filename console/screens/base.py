@@ -4,32 +4,18 @@ and ``Pump`` (engine queries off the UI path, the latest request wins)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from textual.app import App, ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
 
-from console.feed import Feed
+from console.host import ConsoleHost, Tick
 from console.widgets.keybar import KeyBar
 from console.widgets.status import StatusBar
 from engine.interface import EngineError
 
-if TYPE_CHECKING:
-    from console.app import ShoalApp
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """What the app publishes after each poll: the feed, and the jobs whose
-    tasks changed since the previous tick (their task views refetch)."""
-
-    feed: Feed
-    touched: frozenset[int]
-    forced: bool = False  # an operator action just ran: refetch everything
 
 
 class Pump(Generic[T]):
@@ -82,8 +68,8 @@ class ShoalScreen(Screen[None]):
         self._stale = True
 
     @property
-    def shoal(self) -> ShoalApp:
-        return cast("ShoalApp", self.app)
+    def shoal(self) -> ConsoleHost:
+        return cast(ConsoleHost, self.app)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")

@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from console.feed import LogLine
-from console.screens.base import ShoalScreen, Tick
+from console.host import Tick
+from console.screens.base import ShoalScreen
 from console.widgets.line_table import Column, ListTable, Row
 
 COLUMNS = [Column("TIME", 8), Column("LEVEL", 7), Column("EVENT", 0)]

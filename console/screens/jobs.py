@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
-from console.screens.base import ShoalScreen, Tick
+from console.host import Tick
+from console.screens.base import ShoalScreen
 from console.screens.dialogs import ConfirmScreen
 from console.widgets import format as fmt
 from console.widgets.line_table import Column, LineTable, ListTable, Row

@@ -17,7 +17,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.screens.base import Pump, ShoalScreen, Tick
+from console.host import Tick
+from console.screens.base import Pump, ShoalScreen
 from console.screens.dialogs import PathSuggester, PromptScreen
 from console.widgets import format as fmt
 from engine.views import JobInfo

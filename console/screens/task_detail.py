@@ -11,7 +11,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from console.screens.base import Pump, ShoalScreen, Tick
+from console.host import Tick
+from console.screens.base import Pump, ShoalScreen
 from console.screens.dialogs import ConfirmScreen
 from console.screens.tasks import rerun_task
 from console.widgets import format as fmt

@@ -14,7 +14,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.screens.base import Pump, ShoalScreen, Tick
+from console.host import Tick
+from console.screens.base import Pump, ShoalScreen
 from console.screens.dialogs import ConfirmScreen, PromptScreen
 from console.widgets.line_table import LineTable
 from console.widgets.task_table import WINDOW, TaskTable

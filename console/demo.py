@@ -18,12 +18,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import demos
 from console.headless import run_job
 from demos.cluster import LocalCluster
 from engine.api import Engine
 from engine.spec import load_job_file
 
-JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+JOBS_DIR = Path(demos.__file__).resolve().parent / "jobs"
 DEMO_JOBS = ["squares.toml", "wordcount.toml", "collatz.toml", "flaky.toml"]
 
 
@@ -90,7 +91,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
     """The demo in the console: the same cluster, every job submitted at
     start, the TUI on the terminal. Quitting stops the engine, then every
     agent this demo started (the cluster's context)."""
-    import console.launch  # noqa: F401  (the console's frame rate, before Textual loads)
+    import console.launch  # noqa: F401  (sets the console's frame rate before Textual loads)
     from console.app import build_app, run_console
 
     specs = [load_job_file(JOBS_DIR / name) for name in jobs]
