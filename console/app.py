@@ -204,7 +204,7 @@ class ShoalApp(App[None]):
                 "Submit a job file",
                 check,
                 placeholder="path/to/job.toml",
-                hint="Tab or → completes the path · Enter submits · Esc cancels",
+                hint="→ (or End) takes the suggested completion · Enter submits · Esc cancels",
                 suggester=PathSuggester((".toml",)),
             ),
             lambda spec: self.submit(spec) if spec is not None else None,
