@@ -206,6 +206,7 @@ class EngineCore(TaskStates):
         node.agent_id, node.hostname, node.slots = hello.id, hello.hostname, max(1, hello.slots)
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
         node.stopping = False
+        self.roomy[node.id] = node
         # A new session: whatever made this node refuse a job may have been
         # fixed (a restart with --allow-pickle, more slots), so try it again.
         for job in self.open_jobs.values():
@@ -247,6 +248,7 @@ class EngineCore(TaskStates):
         node.load, node.last_seen = hb, e.now
         if hb.drained != node.drained:
             node.drained = hb.drained
+            self.roomy[node.id] = node
             self.out.events.append(ev.NodeChanged(node.id, "up", node.drained, node.slots, node.hostname, node.labels))
         self.out.events.append(
             ev.NodeLoad(node.id, hb.cpu, hb.mem, hb.load[0] if hb.load else 0.0, hb.slots_total, hb.slots_busy, hb.queued, len(node.running))
@@ -274,6 +276,7 @@ class EngineCore(TaskStates):
         if node is None:
             return
         node.drained = False
+        self.roomy[node.id] = node
         self.out.drains.append(DrainOrder(node.id, False))
         self.out.events.append(ev.NodeChanged(node.id, "up" if node.up else "lost", False, node.slots, node.hostname, node.labels))
         self.out.audit.append(AuditEntry(e.now, e.actor, "undrain", node.id, ""))
@@ -557,10 +560,13 @@ class EngineCore(TaskStates):
 
     def update_rates(self, dt: float) -> None:
         """Smooth each node's completion rate (drives its prefetch)."""
+        cfg = self.config
         for node in self.nodes.values():
             sample = node.completed_since_tick / dt if dt > 0 else 0.0
             node.rate = 0.5 * node.rate + 0.5 * sample
             node.completed_since_tick = 0
+            if node.in_flight_slots < node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+                self.roomy[node.id] = node  # its prefetch may have grown
 
     def _speculate(self, now: float) -> None:
         """Straggler copies: for a job with nothing left to place, a task
@@ -606,24 +612,33 @@ class EngineCore(TaskStates):
         return node.up and not node.drained and not node.stopping
 
     def _schedule(self, now: float) -> None:
-        cfg = self.config
-        rooms = [
-            NodeRoom(n.id, n.capacity(cfg.prefetch_seconds, cfg.max_prefetch), n.in_flight_slots, n.labels)
-            for n in self.nodes.values()
-            if self._accepts_work(n)
-        ]
-        if not rooms:
-            return
+        """Place ready tasks on the nodes that may have room. Only those are
+        looked at (``roomy``: a node joins when an attempt leaves it or it
+        becomes able to take work, and leaves once full or unable), so a
+        flush after one node's results costs the same with 10 or 10,000
+        nodes up."""
         demands = [
-            JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, frozenset(j.excluded_nodes))
+            JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes)
             for j in self.open_jobs.values()
             if j.ready
         ]
         if not demands:
             return
+        cfg = self.config
+        roomy = self.roomy
+        rooms = []
+        for node in list(roomy.values()):
+            capacity = node.capacity(cfg.prefetch_seconds, cfg.max_prefetch)
+            if node.in_flight_slots < capacity and self._accepts_work(node):
+                rooms.append(NodeRoom(node.id, capacity, node.in_flight_slots, node.labels))
+            else:
+                del roomy[node.id]
+        if not rooms:
+            return
         for placement in place(demands, rooms):
             job = self.jobs[placement.job_id]
-            why = Why("dispatched", now, node=self.nodes[placement.node_id])
+            node = self.nodes[placement.node_id]
+            why = Why("dispatched", now, node=node)
             requeued = job.requeued
             for _ in range(placement.count):
                 if requeued:
@@ -632,4 +647,6 @@ class EngineCore(TaskStates):
                     task = self._fresh_task(job, job.cursor)
                     job.cursor += 1
                 self._move(task, S.RUNNING, why)
+            if node.in_flight_slots >= node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+                roomy.pop(node.id, None)
 

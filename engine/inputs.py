@@ -164,7 +164,7 @@ class DrainOrder(NamedTuple):
     drained: bool  # True: drain, False: undrain
 
 
-@dataclass
+@dataclass(slots=True)
 class Effects:
     runs: dict[str, list[TaskSpec]] = field(default_factory=dict)
     cancels: dict[str, list[str]] = field(default_factory=dict)

@@ -29,6 +29,12 @@ def validate_state(core: EngineCore) -> None:
             slots += attempt.task.job.spec.slots
         assert slots == node.in_flight_slots, f"{node.id}: in-flight slots {node.in_flight_slots}, its attempts hold {slots}"
     assert listed == set(core.attempts), "live attempts not all listed on their node"
+    # Placement looks only at ``roomy``: a node with room missing from it would starve.
+    cfg = core.config
+    for node in core.nodes.values():
+        if node.up and not node.drained and not node.stopping:
+            if node.in_flight_slots < node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+                assert node.id in core.roomy, f"{node.id} has room but placement would not look at it"
 
     # Each running task has one or more live attempts, all in its list, with
     # distinct ids and numbers no higher than it ever issued; at most two

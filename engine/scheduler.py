@@ -12,6 +12,7 @@ their capacity.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -34,7 +35,7 @@ class JobDemand:
     ready: int  # tasks ready now
     slots_per_task: int = 1
     labels: dict[str, str] = field(default_factory=dict)
-    excluded: frozenset[str] = frozenset()  # nodes that refused this job's tasks
+    excluded: AbstractSet[str] = frozenset()  # nodes that refused this job's tasks (read, not kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ class TaskStates:
         self.jobs: dict[int, Job] = {}
         self.open_jobs: dict[int, Job] = {}  # the running ones: what a flush looks at
         self.nodes: dict[str, Node] = {}
+        self.roomy: dict[str, Node] = {}  # nodes that may have room for work (see EngineCore._schedule)
         self.attempts: dict[str, Attempt] = {}  # every live attempt, by id
         self.backoff: list[Task] = []  # tasks in PENDING, checked on Tick
         # After a restart: the attempt ids that were perhaps in flight when the
@@ -95,8 +96,10 @@ class TaskStates:
             self.out.events.append(
                 ev.TaskChanged(job.id, task.index, to.label, task.node, task.issued, why.cause, why.error)
             )
-        if to in TERMINAL and job.status is JobStatus.RUNNING and job.done == job.total:
-            self._finish_job(job, why.now)
+        if to in TERMINAL and job.status is JobStatus.RUNNING:
+            counts = job.counts
+            if counts[S.SUCCEEDED] + counts[S.FAILED] + counts[S.CANCELLED] == job.total:
+                self._finish_job(job, why.now)
 
     def _t_start(self, task: Task, why: Why) -> None:
         if why.adopted is not None:
@@ -185,6 +188,7 @@ class TaskStates:
         del self.attempts[attempt.id]
         del node.running[attempt.id]
         node.in_flight_slots -= task.job.spec.slots
+        self.roomy[node.id] = node
 
     def _cancel_live(self, task: Task) -> None:
         """Stop whatever attempts of ``task`` still run: its outcome is decided."""
