@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from engine import core as c
 from engine.model import IllegalTransition, Task, TaskStatus
+from engine.spec import parse_job_text
 from engine.transitions import Why
 from nodeagent.protocol import Heartbeat, Hello, RejectCode, TaskResult
-from engine.spec import parse_job_text
 
 
 def spec(extra: str = "", count: int = 10):
@@ -295,3 +295,125 @@ def test_straggler_gets_a_speculative_copy_and_the_first_result_wins():
     assert job.status.value == "succeeded" and job.reducer.result() == 8
     h.finish("a", [ok(stuck, 1)])  # its late result is not counted again
     assert job.reducer.result() == 8
+
+
+# --- speculative copies and the faults around them (issue 9, bugs 1-7) ---------------------
+
+
+def speculated(h: Harness, extra: str = "") -> tuple[str, str]:
+    """Two 1-slot nodes, a speculative job of 8 whose task stuck on "a" got a
+    copy on "b". Returns (original id, copy id)."""
+    h.node("a", 1)
+    h.node("b", 1)
+    h.step(c.JobSubmitted(1, spec("speculative = true\n" + extra, count=8), h.now))
+    stuck = None
+    while True:
+        live = [(n, aid) for n in ("a", "b") for aid in h.core.nodes[n].running]
+        if stuck is None:
+            stuck = next(aid for n, aid in live if n == "a")
+            h.step(c.TasksStarted("a", [stuck], h.now))
+        rest = [(n, aid) for n, aid in live if aid != stuck]
+        if not rest:
+            break
+        for n, aid in rest:
+            h.finish(n, [TaskResult(id=aid, outcome="ok", value=1, started=h.now, ended=h.now + 0.1)])
+    h.now += 5
+    for node in h.core.nodes.values():
+        node.last_seen = h.now
+    h.step(c.Tick(h.now))
+    copy = h.sent["b"][-1]
+    assert len(h.core.attempts[stuck].task.live) == 2
+    return stuck, copy
+
+
+def test_losing_either_copys_node_leaves_the_other_running_to_the_end():
+    for victim in ("a", "b"):
+        h = Harness()
+        stuck, copy = speculated(h)
+        h.step(c.NodeLost(victim, "died", h.now))
+        survivor, aid = ("b", copy) if victim == "a" else ("a", stuck)
+        assert h.core.jobs[1].counts[TaskStatus.RUNNING] == 1
+        h.finish(survivor, [ok(aid, 1)])
+        assert h.core.jobs[1].status.value == "succeeded" and h.core.jobs[1].reducer.result() == 8
+
+
+def test_cancelling_a_job_cancels_each_copy_on_its_own_node():
+    h = Harness()
+    stuck, copy = speculated(h)
+    out = h.step(c.CancelJob(1, "op", h.now))
+    assert out.cancels == {"a": [stuck], "b": [copy]}
+    assert h.core.jobs[1].status.value == "cancelled"
+
+
+def test_drain_with_requeue_on_the_copys_node_cancels_the_copy_only():
+    h = Harness()
+    stuck, copy = speculated(h)
+    out = h.step(c.DrainNode("b", True, "op", h.now))
+    assert out.cancels == {"b": [copy]}
+    assert list(h.core.nodes["a"].running) == [stuck]
+    h.finish("a", [ok(stuck, 1)])
+    assert h.core.jobs[1].status.value == "succeeded"
+
+
+def test_a_failed_copy_leaves_the_other_and_a_retry_gets_a_fresh_id():
+    h = Harness()
+    stuck, copy = speculated(h, 'retries = 1\nbackoff = { base = "0s", cap = "0s" }\n')
+    h.finish("b", [fail(copy)])  # one copy fails: the other runs on
+    assert list(h.core.nodes["a"].running) == [stuck]
+    h.finish("a", [fail(stuck)])  # both failed: one failure, a retry
+    h.step(c.Tick(h.now))
+    retry = [aid for n in "ab" for aid in h.core.nodes[n].running]
+    assert len(retry) == 1 and retry[0] not in (stuck, copy)
+    everything = [aid for ids in h.sent.values() for aid in ids]
+    assert len(everything) == len(set(everything))
+
+
+def test_a_refused_copy_gives_its_slots_back_and_only_that_node_is_excluded():
+    h = Harness()
+    stuck, copy = speculated(h)
+    h.step(c.TasksRejected("b", [copy], "no", h.now, RejectCode.UNSUPPORTED))
+    assert not h.core.nodes["b"].running and h.core.nodes["b"].in_flight_slots == 0
+    assert h.core.jobs[1].excluded_nodes == {"b"}
+    h.node("b", 1)  # back as a new session: admitted again
+    assert not h.core.jobs[1].excluded_nodes
+
+
+def test_transient_refusals_never_exclude_a_node():
+    for code in (RejectCode.DRAINING, RejectCode.FULL, RejectCode.SHUTTING_DOWN):
+        h = Harness()
+        h.node("a", 1)
+        h.step(c.JobSubmitted(1, spec(count=1), h.now))
+        h.step(c.TasksRejected("a", [h.sent["a"][0]], "text that means nothing", h.now, code))
+        job = h.core.jobs[1]
+        assert not job.excluded_nodes and job.counts[TaskStatus.FAILED] == 0
+        h.node("a", 1)  # back as a new session (undrained): the task goes out again, under a new id
+        assert job.counts[TaskStatus.RUNNING] == 1
+        assert len(h.sent["a"]) >= 2 and len(set(h.sent["a"])) == len(h.sent["a"])
+
+
+def test_a_malformed_task_fails_instead_of_excluding_every_node():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=1, extra="retries = 3"), h.now))
+    h.step(c.TasksRejected("a", [h.sent["a"][0]], "bad", h.now, RejectCode.BAD_SPEC))
+    assert h.core.jobs[1].status.value == "failed" and not h.core.jobs[1].excluded_nodes
+
+
+def test_attempts_a_stopping_agent_ends_are_requeued_without_a_failure():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec("retries = 0\nmax_node_failures = 1", count=2), h.now))
+    first, second = h.sent["a"][:2]
+    h.finish("a", [TaskResult(id=first, outcome="stopped", error="agent shutting down"),
+                   TaskResult(id=second, outcome="stopped", error="agent shutting down")])
+    job = h.core.jobs[1]
+    assert job.status.value == "running" and job.counts[TaskStatus.QUEUED] + job.counts[TaskStatus.RUNNING] == 2
+    assert all(t.failures == 0 and t.node_failures == 0 for t in [a.task for a in h.core.attempts.values()] + list(job.requeued))
+
+
+def test_a_console_cancel_reported_by_the_agent_is_final():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    h.finish("a", [TaskResult(id=h.sent["a"][0], outcome="cancelled", error="cancelled")])
+    assert h.core.jobs[1].status.value == "cancelled"
