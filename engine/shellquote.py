@@ -5,8 +5,9 @@ makes each one a single word *where the shell reads words*. Inside quotes
 that no longer holds: ``"{item}"`` with the item ``$(id)`` becomes
 ``"'$(id)'"``, and the shell runs ``id``. The same goes for a placeholder
 after a backslash or a ``$``, or touching a quote, or in a comment, a
-here-document, backquotes or arithmetic, where the shell reads the value by
-other rules. ``check_template`` refuses every such placement, so the class of
+here-document or backquotes, where the shell reads the value by other rules.
+(Arithmetic, ``$(( {item} % 2 ))``, is allowed: a quoted value there is a
+number, a name, or a syntax error, never a command.) ``check_template`` refuses every such placement, so the class of
 bug cannot be written, and the message says the fix.
 
 A ``command`` list runs without a shell, so its values are passed verbatim;
@@ -77,7 +78,6 @@ class _Scanner:
         self.quote = ""  # "'", '"' or "$'" while inside one
         self.backquote = False
         self.comment = False
-        self.arithmetic = 0
         self.heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) waiting for the next line
 
     def fail(self, name: str, where: str) -> None:
@@ -112,8 +112,6 @@ class _Scanner:
             self.fail(name, "is in a comment, where a newline in the value would end the comment")
         if self.backquote:
             self.fail(name, "is inside backquotes (use $(...) instead)")
-        if self.arithmetic:
-            self.fail(name, "is inside arithmetic $((...)), which evaluates the value as an expression")
 
     def step(self, i: int, c: str, prev: str) -> int:
         """Consume the character at ``i`` (and any it escapes); return the next index."""
@@ -146,12 +144,6 @@ class _Scanner:
             self.backquote = not self.backquote
         elif c == "#" and (prev == "" or prev.isspace() or prev in ";&|()<>"):
             self.comment = True
-        elif text.startswith("((", i):
-            self.arithmetic += 1
-            return i + 2
-        elif text.startswith("))", i) and self.arithmetic:
-            self.arithmetic -= 1
-            return i + 2
         elif text.startswith("<<", i) and not text.startswith("<<<", i):
             return self.heredoc_operator(i + 2)
         elif c == "\n":

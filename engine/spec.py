@@ -14,8 +14,8 @@ The task, exactly one of:
                 script after a shell's ``-c``, as in ``["sh", "-c", "..."]``, is treated
                 like ``shell``)
   ``shell``     a /bin/sh string; substituted values are shell-quoted, so a placeholder
-                inside or touching quotes (or in a comment, here-document, backquotes or
-                arithmetic) is refused: see ``engine.shellquote``
+                inside or touching quotes (or in a comment, here-document or backquotes)
+                is refused: see ``engine.shellquote``
   ``function``  "package.module:function", imported on the node and called with the
                 item as its first argument, then ``args`` (list) and ``kwargs`` (table)
 

@@ -254,13 +254,14 @@ def test_build_and_direct_construction_validate_like_files():
 
 _UNSAFE_SHELL = [
     'echo "{item}"', "echo '{item}'", 'echo x"{item}"', 'echo "a {item} b"', "echo \\{item}", "echo ${item}",
-    "echo hi # {item}", "echo `cat {item}`", "echo $(( {item} + 1 ))", "cat <<EOF\n{item}\nEOF",
+    "echo hi # {item}", "echo `cat {item}`", "cat <<EOF\n{item}\nEOF",
     "echo $'{item}'", 'echo {item}"x"', "cat <<-'E'\n\t{index}\n\tE\necho ok",
 ]  # fmt: skip
 _SAFE_SHELL = [
     "echo {item}", "echo {item} > out/{index}.txt", 'tr -cs "[:alpha:]" "\\n" < {item} | tr "[:upper:]" "[:lower:]"',
     "echo Hello, {item}!", "echo $(cat {item})", "cat <<EOF\nhello\nEOF\necho {item}", "echo it\\'s {item}",
     "echo --file={item}", "echo {{item}} {item}", 'echo "$#" {item}', "echo a#b {item}", "printf '%s\\n' {item}",
+    "test $(( {item} % 2 )) -eq 0 && echo {item}",
 ]  # fmt: skip
 
 
