@@ -6,7 +6,7 @@ msgpack values (numbers, strings, lists, dicts). The reducer runs in the engine.
 
 from __future__ import annotations
 
-import random
+import os
 from typing import Any
 
 
@@ -36,8 +36,13 @@ class LongestChain:
         return None if self.best is None else {"n": self.best[0], "steps": self.best[1]}
 
 
-def flaky(item: int, failure_rate: float = 0.3) -> int:
-    """Fails at random, to show retries and backoff."""
-    if random.random() < failure_rate:
-        raise RuntimeError(f"item {item}: simulated failure")
+def flaky(item: int, failing_attempts: int = 2) -> int:
+    """Fails the first one or two attempts of each item (odd items twice), to
+    show retries and backoff: deterministic, so the demo's answer and exit
+    code never vary. The attempt number is the last part of SHOAL_ATTEMPT
+    (``JOB.TASK.ATTEMPT``), which the agent sets for every task."""
+    attempt = int(os.environ.get("SHOAL_ATTEMPT", "0.0.1").rsplit(".", 1)[-1])
+    failures = 1 + item % failing_attempts if failing_attempts else 0
+    if attempt <= failures:
+        raise RuntimeError(f"item {item}: simulated failure of attempt {attempt} (of the first {failures})")
     return item
