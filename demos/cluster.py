@@ -98,10 +98,12 @@ class LocalCluster:
         labels: list[str] | None = None,
         extra: list[str] | None = None,
         advertise: bool = False,
+        trusted: bool = True,  # pin the agents' host keys at start (False: strangers to the console)
     ) -> None:
         from engine.trust import load_or_create_console_key, public_key_line
 
         self.root = root
+        self.trusted = trusted
         self.config_dir = root / "console-config"
         self.state_dir = root / "console-state"
         key = load_or_create_console_key(self.config_dir)
@@ -116,7 +118,8 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         for agent in self.agents:
             agent.start(self.authorized_keys)
-        self.trust_agents()
+        if self.trusted:
+            self.trust_agents()
         return self
 
     def trust_agents(self) -> None:

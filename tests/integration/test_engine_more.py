@@ -37,7 +37,7 @@ async def _is(state: Any, wanted: str) -> bool:
 
 @pytest.fixture
 def one_agent(tmp_path):
-    with LocalCluster(tmp_path, [2]) as c:
+    with LocalCluster(tmp_path, [2], trusted=False) as c:  # its key is for the test to trust
         yield c
 
 

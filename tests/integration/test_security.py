@@ -551,8 +551,7 @@ async def test_mdns_found_nodes_are_hints_never_pinned_or_remembered(tmp_path):
     from engine.api import Engine
     from engine.trust import KnownHosts
 
-    with LocalCluster(tmp_path / "mdns", [1], advertise=True) as cluster:
-        (cluster.config_dir / "known_hosts").unlink()  # forget what the cluster pinned: a stranger now
+    with LocalCluster(tmp_path / "mdns", [1], advertise=True, trusted=False) as cluster:
         address = cluster.addresses[0]
         known = KnownHosts(cluster.config_dir / "known_hosts")
         engine = await Engine.open(
@@ -577,8 +576,7 @@ async def test_an_mdns_node_the_operator_trusts_becomes_a_known_node(tmp_path):
     from demos.cluster import LocalCluster
     from engine.api import Engine
 
-    with LocalCluster(tmp_path / "mdns", [1], advertise=True) as cluster:
-        (cluster.config_dir / "known_hosts").unlink()
+    with LocalCluster(tmp_path / "mdns", [1], advertise=True, trusted=False) as cluster:
         address = cluster.addresses[0]
         engine = await Engine.open(tmp_path / "state", cluster.config_dir, mdns_interfaces=["127.0.0.1"])
         try:
