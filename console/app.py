@@ -132,6 +132,16 @@ class ShoalApp(App[None]):
         self._forced = True
 
     async def _poll(self, forced: bool) -> None:
+        try:
+            await self._poll_once(forced)
+        except EngineError as exc:
+            if not self.api.attached:
+                raise
+            # The engine we attached to stopped (its `shoal run` ended, or it
+            # was killed): nothing left to show or steer.
+            self.exit(return_code=0, message=f"detached: the engine stopped ({exc})")
+
+    async def _poll_once(self, forced: bool) -> None:
         feed, api = self.feed, self.api
         nodes, jobs = await api.nodes(), await api.jobs()
         for node in nodes:

@@ -204,3 +204,17 @@ async def test_trust_shows_the_fingerprint_and_pins_only_after_yes(wary_engine, 
         await pilot.press("y")
         await engine.wait_for_nodes(1, timeout=15)
         assert any(e.actor == "console" and e.action == "trust" for e in await engine.audit(20))
+
+
+async def test_attached_console_leaves_when_its_engine_stops(tmp_path):
+    engine = await Engine.open(tmp_path / "alone", tmp_path / "config")
+    remote = await connect(engine.state_dir)
+    app = build_app(remote, config_dir=tmp_path / "settings", refresh_hz=TEST_HZ)
+    try:
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.feed.polls)
+            await engine.close()
+            await until(pilot, lambda: not app.is_running, what="the console to leave")
+        assert app.return_code == 0
+    finally:
+        await remote.close()
