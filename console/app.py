@@ -83,8 +83,10 @@ class ShoalApp(App[None]):
         jobs: Sequence[JobSpec] = (),
         refresh_hz: float = 5.0,
         clock: Callable[[], float] = time.time,
+        durable: bool = True,
     ) -> None:
         super().__init__()
+        self.durable = durable  # False: the state dir goes when the app does (the demo)
         self.api = api
         self.config_dir = config_dir
         self.clock = clock
@@ -282,10 +284,14 @@ class ShoalApp(App[None]):
             ConfirmScreen(
                 "Stop the engine?",
                 f"{len(unfinished)} job(s) have {left:,} unfinished task(s). Quitting stops this engine; "
-                "the state is on disk, so they resume on the next start (shoal console or shoal run on this state dir).",
+                + (
+                    "the state is on disk, so they resume on the next start (shoal console or shoal run on this state dir)."
+                    if self.durable
+                    else "this demo's agents and state are removed, so they end here."
+                ),
                 yes="Quit",
             ),
-            lambda yes: self.exit(message="stopped; unfinished jobs resume on the next start") if yes else None,
+            lambda yes: self.exit(message="stopped; unfinished jobs resume on the next start" if self.durable else "stopped") if yes else None,
         )
 
     def action_quit_now(self) -> None:
@@ -318,9 +324,10 @@ def build_app(
     jobs: Sequence[JobSpec] = (),
     refresh_hz: float = 5.0,
     clock: Callable[[], float] = time.time,
+    durable: bool = True,
 ) -> ShoalApp:
     """The console over ``api``: the one way the CLI, the demo and the tests make it."""
-    return ShoalApp(api, config_dir=config_dir, theme=theme, jobs=jobs, refresh_hz=refresh_hz, clock=clock)
+    return ShoalApp(api, config_dir=config_dir, theme=theme, jobs=jobs, refresh_hz=refresh_hz, clock=clock, durable=durable)
 
 
 async def open_api(

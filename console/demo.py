@@ -93,6 +93,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
     agent this demo started (the cluster's context)."""
     import console.launch  # noqa: F401  (sets the console's frame rate before Textual loads)
     from console.app import build_app, run_console
+    from engine.paths import config_dir as user_config_dir
 
     specs = [load_job_file(JOBS_DIR / name) for name in jobs]
     with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
@@ -106,7 +107,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
             except TimeoutError:
                 for address in cluster.addresses:
                     await engine.add_node(address)
-            app = build_app(engine, config_dir=cluster.config_dir, jobs=specs)
+            app = build_app(engine, config_dir=user_config_dir(None), jobs=specs, durable=False)  # the theme is the user's
             stop = asyncio.Event()
             kills: list[str] = []
             chaos_task = asyncio.create_task(_chaos(cluster, stop, kills, say=lambda text: None)) if chaos else None
