@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,96 +31,149 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("agent", help="run a node agent (see 'shoal agent --help')", add_help=False)
+    sub.add_parser(
+        "agent",
+        help="run a node agent: an SSH server that runs tasks (advertises over mDNS on every interface unless told otherwise)",
+        add_help=False,
+    )
 
     demo = sub.add_parser("demo", help="start a local demo cluster of real agents on 127.0.0.1 and run example jobs")
-    demo.add_argument("--nodes", type=int, default=4, help="number of agents (default 4)")
-    demo.add_argument("--chaos", action="store_true", help="kill -9 and restart agents during the jobs")
-    demo.add_argument("--headless", action="store_true", help="plain progress on stderr instead of the console (the default when stdout is not a terminal)")
-    demo.add_argument("--job", action="append", default=[], metavar="NAME.toml", help="run only these demos/jobs files")
+    demo.add_argument("--nodes", type=int, default=4, help="number of agents, 1 to 64 (default: 4)")
+    demo.add_argument("--chaos", action="store_true", help="kill -9 and restart agents during the jobs (default: off)")
+    demo.add_argument("--headless", action="store_true", help="progress on stderr instead of the console (default: the console on a terminal, else headless)")
+    demo.add_argument("--job", action="append", default=[], metavar="NAME.toml", help="run only these demos/jobs files (repeatable; default: all)")
 
     console = sub.add_parser("console", help="open the interactive console (attaches to the engine running on the state dir, else embeds one)")
-    console.add_argument("jobs", nargs="*", metavar="JOB.toml", help="job files to submit at start")
+    console.add_argument("jobs", nargs="*", metavar="JOB.toml", help="job files to submit at start (default: none)")
     _engine_options(console)
-    console.add_argument("--theme", metavar="NAME", help="shoal-dark (default), shoal-light or shoal-high-contrast (remembered)")
+    console.add_argument("--theme", metavar="NAME", help="shoal-dark, shoal-light or shoal-high-contrast, remembered (default: the last one, else shoal-dark)")
 
-    sub.add_parser("keys", help="print this console's public key (one OpenSSH line) for agents' authorized-keys files")
+    keys = sub.add_parser("keys", help="print this console's public key (one OpenSSH line) for agents' authorized-keys files")
+    keys.add_argument("--config-dir", help="console config dir holding the key (default: SHOAL_CONFIG_DIR, else the XDG config dir)")
 
     run = sub.add_parser("run", help="run a job file to completion; the aggregated result goes to stdout")
     run.add_argument("job", metavar="JOB.toml", help="the job file")
     _engine_options(run)
-    run.add_argument("--json", action="store_true", help="print a JSON summary instead of the bare result")
-    run.add_argument("--headless", action="store_true", help="plain progress on stderr (the default for 'run')")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    run.add_argument("--json", action="store_true", help="print a JSON summary instead of the bare result (default: the bare result)")
+    run.add_argument("--headless", action="store_true", help="progress on stderr, no console (the default, and the only mode, of 'run')")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (default: progress)")
+    run.add_argument(
+        "--wait-for-nodes",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up with exit 2 if no node was reached within this time (default: 60)",
+    )
 
-    nodes = sub.add_parser("nodes", help="list the nodes this console knows")
-    nodes.add_argument("--state-dir", help="engine state dir")
-    nodes.add_argument("--json", action="store_true")
+    nodes = sub.add_parser(
+        "nodes", help="list the nodes this console knows; 'shoal nodes forget ADDR' stops redialing one"
+    )
+    nodes.add_argument("action", nargs="?", choices=["forget"], help="forget: stop redialing ADDR on later runs")
+    nodes.add_argument("address", nargs="?", metavar="ADDR", help="HOST:PORT of the node to forget")
+    nodes.add_argument("--state-dir", help=_STATE_DIR_HELP)
+    nodes.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
-    jobs = sub.add_parser("jobs", help="list jobs")
-    jobs.add_argument("--state-dir", help="engine state dir")
-    jobs.add_argument("--json", action="store_true")
+    jobs = sub.add_parser("jobs", help="list jobs (stored counts when no engine runs)")
+    jobs.add_argument("--state-dir", help=_STATE_DIR_HELP)
+    jobs.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
-    results = sub.add_parser("results", help="a job's aggregated result and per-task results")
+    results = sub.add_parser("results", help="a job's aggregated result (partial while unfinished) and per-task results")
     results.add_argument("job", type=int, metavar="JOB", help="job id (see 'shoal jobs')")
-    results.add_argument("--state-dir", help="engine state dir")
+    results.add_argument("--state-dir", help=_STATE_DIR_HELP)
     fmt = results.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="per-task results as JSON")
-    fmt.add_argument("--csv", action="store_true", help="per-task results as CSV")
+    fmt.add_argument("--json", action="store_true", help="per-task results as JSON (default: the aggregated result)")
+    fmt.add_argument("--csv", action="store_true", help="per-task results as CSV (default: the aggregated result)")
 
     drain = sub.add_parser("drain", help="stop sending tasks to a node (of the running engine)")
     drain.add_argument("node", metavar="NODE", help="HOST:PORT, hostname or agent id")
-    drain.add_argument("--requeue", action="store_true", help="also move its running tasks elsewhere now")
+    drain.add_argument("--requeue", action="store_true", help="also move its running tasks elsewhere now (default: let them finish)")
     _live_options(drain)
 
     undrain = sub.add_parser("undrain", help="let a drained node take tasks again")
-    undrain.add_argument("node", metavar="NODE")
+    undrain.add_argument("node", metavar="NODE", help="HOST:PORT, hostname or agent id")
     _live_options(undrain)
 
     resubmit = sub.add_parser("resubmit", help="run a job's failed and cancelled tasks again (or, with --all, the whole ended job)")
-    resubmit.add_argument("job", type=int, metavar="JOB")
+    resubmit.add_argument("job", type=int, metavar="JOB", help="job id (see 'shoal jobs')")
     which = resubmit.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="failed and cancelled tasks only (the default)")
-    which.add_argument("--all", action="store_true", help="the whole job, from scratch (once it has ended)")
+    which.add_argument("--all", action="store_true", help="the whole job, from scratch, once it has ended (default: off)")
     _live_options(resubmit)
 
     cancel = sub.add_parser("cancel", help="cancel a job, or some of its tasks")
-    cancel.add_argument("job", type=int, metavar="JOB")
-    cancel.add_argument("--task", type=int, action="append", metavar="N", help="only this task index (repeatable)")
+    cancel.add_argument("job", type=int, metavar="JOB", help="job id (see 'shoal jobs')")
+    cancel.add_argument("--task", type=int, action="append", metavar="N", help="only this task index (repeatable; default: every unfinished task)")
     _live_options(cancel)
 
     events = sub.add_parser("events", help="tail a running engine's event stream")
-    events.add_argument("--state-dir", help="the running engine's state dir (default: XDG state dir)")
-    events.add_argument("--json", action="store_true", help="one JSON object per line")
-    events.add_argument("--job", type=int, metavar="N", help="only this job's events (and node events)")
-    events.add_argument("--kind", action="append", metavar="KIND", help="only events of this kind, e.g. TaskChanged (repeatable)")
-    events.add_argument("--since", type=int, metavar="SEQ", help="first replay the events after this sequence number")
+    events.add_argument("--state-dir", help=_STATE_DIR_HELP)
+    events.add_argument("--json", action="store_true", help="one JSON object per line (default: one text line per event)")
+    events.add_argument("--job", type=int, metavar="N", help="only this job's events and node events (default: all jobs)")
+    events.add_argument("--kind", action="append", metavar="KIND", help="only events of this kind, e.g. TaskChanged (repeatable; default: all)")
+    events.add_argument("--since", type=int, metavar="SEQ", help="first replay the events after this sequence number (default: only new ones)")
 
     trust = sub.add_parser("trust", help="pin an agent's SSH host key (first trust, like ssh)")
-    trust.add_argument("node", metavar="HOST:PORT")
-    trust.add_argument("--config-dir", help="console config dir (key and known-hosts)")
-    trust.add_argument("--state-dir", help="tell the engine running on this state dir to use the node now")
-    trust.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    trust.add_argument("--replace", action="store_true", help="replace a pinned key that changed (after you checked why)")
+    trust.add_argument("node", metavar="HOST:PORT", help="the agent whose host key to pin")
+    trust.add_argument("--config-dir", help=_CONFIG_DIR_HELP)
+    trust.add_argument("--state-dir", help="tell the engine running on this state dir to use the node now (default: " + _STATE_DEFAULT + ")")
+    trust.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (default: ask)")
+    trust.add_argument("--replace", action="store_true", help="replace a pinned key that changed, after you checked why (default: refuse)")
+    for choice in sub._choices_actions:  # each command's --help opens with its one line
+        command = sub.choices[choice.dest]
+        command.description = command.description or choice.help
     return parser
 
 
+_STATE_DEFAULT = "SHOAL_STATE_DIR, else the XDG state dir"
+_STATE_DIR_HELP = f"engine state dir (default: {_STATE_DEFAULT})"
+_CONFIG_DIR_HELP = "console config dir: key and known-hosts (default: SHOAL_CONFIG_DIR, else the XDG config dir)"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def _live_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", help="the running engine's state dir (default: XDG state dir)")
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("--state-dir", help=f"the running engine's state dir (default: {_STATE_DEFAULT})")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (default: one line of text)")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", action="append", default=[], metavar="HOST:PORT", help="an agent to use (repeatable)")
+    p.add_argument("--node", action="append", default=[], metavar="HOST:PORT", help="an agent to use (repeatable; default: the nodes reached before)")
     p.add_argument(
-        "--mdns-interface", action="append", default=[], metavar="IP", help="discover agents over mDNS on this interface (repeatable)"
+        "--mdns-interface", action="append", default=[], metavar="IP",
+        help="discover agents over mDNS on this interface (repeatable; default: no mDNS)",
     )
-    p.add_argument("--state-dir", help="engine state dir (default: XDG state dir)")
-    p.add_argument("--config-dir", help="console config dir: key and known-hosts (default: XDG config dir)")
-    p.add_argument("--trust-new", action="store_true", help="pin the host key of a --node seen for the first time (never a node found only over mDNS)")
+    p.add_argument("--state-dir", help=_STATE_DIR_HELP)
+    p.add_argument("--config-dir", help=_CONFIG_DIR_HELP)
+    p.add_argument(
+        "--trust-new", action="store_true",
+        help="pin the host key of a --node seen for the first time, never one found only over mDNS (default: off)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`shoal results --json | head`): what it did
+        # not read does not matter. Point stdout at /dev/null so the
+        # interpreter's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "agent":
         from nodeagent.server import main as agent_main
@@ -159,7 +213,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from engine.trust import TrustError, load_or_create_console_key, public_key_line
 
     try:
-        print(public_key_line(load_or_create_console_key(config_dir(None))))
+        print(public_key_line(load_or_create_console_key(config_dir(args.config_dir))))
     except TrustError as exc:
         raise UserError(str(exc)) from None
     return EXIT_OK
@@ -200,7 +254,7 @@ async def _run(args: argparse.Namespace, spec: Any) -> int:
     try:
         if not await engine.nodes() and not args.mdns_interface:
             raise UserError("no nodes: give --node HOST:PORT or --mdns-interface IP")
-        return await run_job(engine, spec, as_json=args.json, quiet=args.quiet)
+        return await run_job(engine, spec, as_json=args.json, quiet=args.quiet, wait_for_nodes=args.wait_for_nodes)
     finally:
         await engine.close()
 
@@ -234,6 +288,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     from engine.views import NodeInfo
 
+    if args.action == "forget":
+        return _forget_node(args)
+    if args.address is not None:
+        raise UserError(f"unexpected {args.address!r}: did you mean 'shoal nodes forget {args.address}'?")
+
     nodes = _ask(args.state_dir, lambda r: r.nodes())
     if nodes is None:
         known = _open_store(args.state_dir).known_nodes()
@@ -246,6 +305,19 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         cpu = "" if n.cpu is None else f"{n.cpu:.0f}"
         mem = "" if n.mem is None else f"{n.mem:.0f}"
         print(f"{n.id:<22} {n.state:<10} {n.slots:>5} {n.slots_busy:>4} {cpu:>5} {mem:>5}  {n.hostname}")
+    return EXIT_OK
+
+
+def _forget_node(args: argparse.Namespace) -> int:
+    if not args.address:
+        raise UserError("which node? 'shoal nodes forget HOST:PORT' (see 'shoal nodes')")
+    store = _open_store(args.state_dir)
+    if not store.forget_node(args.address):
+        known = ", ".join(store.known_nodes()) or "none"
+        raise UserError(f"{args.address} is not a remembered node (remembered: {known})")
+    running = _ask(args.state_dir, lambda r: r.nodes()) is not None
+    after = " once the running engine stops (it dials it until then)" if running else ""
+    print(json.dumps({"ok": True, "forgotten": args.address}) if args.json else f"forgot {args.address}: no later run dials it{after}")
     return EXIT_OK
 
 

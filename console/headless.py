@@ -12,12 +12,14 @@ import sys
 import time
 from typing import Any, TextIO
 
+from engine import diagnose
 from engine import events as ev
 from engine.api import Engine
 from engine.spec import JobSpec
 
 REDRAW_SECONDS = 0.25
 NO_NODE_GRACE_SECONDS = 15.0
+DEFAULT_WAIT_FOR_NODES = 60.0  # shoal run --wait-for-nodes
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -61,8 +63,23 @@ class Progress:
         self.stream.flush()
 
 
-async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool = False, summary: bool = False) -> int:
-    """Submit, follow, print the result. Returns the exit code."""
+def _cause(detail: str) -> str:
+    """A node's detail without its retry countdown: what to say once."""
+    return detail.split(", retrying", 1)[0]
+
+
+async def run_job(
+    engine: Engine,
+    spec: JobSpec,
+    *,
+    as_json: bool,
+    quiet: bool = False,
+    summary: bool = False,
+    wait_for_nodes: float = DEFAULT_WAIT_FOR_NODES,
+) -> int:
+    """Submit, follow, print the result. Returns the exit code: 0 succeeded,
+    1 some task failed, 2 the job cannot run (no node reached within
+    ``wait_for_nodes`` seconds, or no node offers its labels or slots)."""
     out = Progress(sys.stderr, quiet)
     events = engine.subscribe()
     started = time.monotonic()
@@ -74,37 +91,58 @@ async def run_job(engine: Engine, spec: JobSpec, *, as_json: bool, quiet: bool =
         job_id = await engine.submit(spec, actor="shoal run")
     waiter = asyncio.create_task(engine.wait(job_id))
     total = spec.task_count()
-    failures: list[str] = []
-    warned_untrusted = False
-    unreachable: set[str] = set()
+    said: dict[str, str] = {}  # node -> the cause last said, so each is said once
+    said_unmet = ""
+    ever_reached = False
     try:
         while not waiter.done():
             await asyncio.wait({waiter}, timeout=REDRAW_SECONDS)
             for event in events.take_ready():
                 if isinstance(event, ev.Alert):
+                    if event.node and said.get(event.node, "").startswith("refused"):
+                        continue  # the node's own line said it (a changed key: once)
                     out.message(f"shoal: {event.level}: {event.message}")
                 elif isinstance(event, ev.TaskChanged) and event.status == "failed" and event.job == job_id:
-                    failures.append(f"task {event.index}: {event.error}")
                     out.message(f"shoal: task {event.index} failed: {event.error}")
-                elif isinstance(event, ev.NodeChanged) and event.state in ("untrusted", "refused"):
-                    out.message(f"shoal: node {event.node} {event.state}: {event.detail}")
-                    warned_untrusted = True
-                elif isinstance(event, ev.NodeChanged) and event.state == "connecting" and event.node not in unreachable:
-                    unreachable.add(event.node)  # say it once, not on every retry
-                    out.message(f"shoal: cannot reach node {event.node} yet: {event.detail}")
+                elif isinstance(event, ev.NodeChanged) and event.state in ("untrusted", "refused", "connecting"):
+                    cause = f"{event.state}: {_cause(event.detail)}"
+                    if said.get(event.node) != cause:
+                        said[event.node] = cause
+                        state = "" if event.state == "connecting" else f" {event.state}"
+                        out.message(f"shoal: node {event.node}{state}: {event.detail}")
                 elif isinstance(event, ev.NodeChanged) and event.state == "up":
-                    unreachable.discard(event.node)
+                    said.pop(event.node, None)
             counts = (await engine.job(job_id)).counts
             done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
             nodes = await engine.nodes()
-            nodes_up = sum(1 for n in nodes if n.state in ("up", "draining", "drained"))
+            nodes_up = sum(1 for n in nodes if n.state in diagnose.REACHED)
+            ever_reached = ever_reached or nodes_up > 0
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
+            unmet = diagnose.unmet_field(spec, nodes) if counts.get("running", 0) == 0 and done < total else None
+            if unmet is not None:
+                field_name, sentence = unmet
+                if diagnose.all_known_reached(nodes):
+                    # Every node we know is up and none can ever take it.
+                    await engine.cancel(job_id, actor="shoal run")
+                    out.end(f"shoal: job {job_id} ({spec.name}): field '{field_name}': {sentence}; cancelled")
+                    return 2
+                if sentence != said_unmet:
+                    said_unmet = sentence
+                    out.message(f"shoal: job {job_id} waits: {sentence}")
+            waiting = ""
+            if nodes_up == 0:
+                waiting = "  waiting for nodes: " + (diagnose.unreachable(nodes) or "none known yet")
+            elif unmet is not None:
+                waiting = "  waiting: " + unmet[1]
             out.line(
                 f"{spec.name} [{_bar(done, total)}] {done}/{total}  running {counts.get('running', 0)}"
-                f"  failed {counts.get('failed', 0)}  nodes {nodes_up}  {rate:,.0f}/s"
+                f"  failed {counts.get('failed', 0)}  nodes {nodes_up}  {rate:,.0f}/s{waiting}"
             )
-            if nodes_up == 0 and elapsed > NO_NODE_GRACE_SECONDS and warned_untrusted and done == 0:
+            if not ever_reached and elapsed > wait_for_nodes:
+                out.end(f"shoal: {diagnose.no_node_reached(nodes, elapsed)} (job {job_id} stays stored: run again to resume it)")
+                return 2
+            if nodes_up == 0 and elapsed > NO_NODE_GRACE_SECONDS and done == 0 and nodes:
                 if all(n.state in ("untrusted", "refused") for n in nodes):
                     out.end("shoal: no trusted node to run on (see the messages above)")
                     return 2

@@ -153,14 +153,15 @@ class Coordinator:
         if known is not None:
             if known.hint and not hint:  # now named by the operator too
                 known.hint = False
-                self.store.remember_node(address)
+                if known.link is not None:
+                    self.store.remember_node(address)
             return
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         peer = Peer(address, host, int(port), hint=hint)
         self.peers[address] = peer
-        if not hint:
-            self.store.remember_node(address)
+        # Remembered (redialed by later engines) only once reached and
+        # trusted (see _connect): a mistyped address does not stay forever.
         peer.task = asyncio.create_task(self._peer_loop(peer))
 
     def forget_hint(self, address: str) -> None:
@@ -189,8 +190,12 @@ class Coordinator:
                 await self._wait_for_trust(peer, exc)
                 continue
             except (LinkError, OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-                self._set_peer(peer, "connecting", f"{exc}; retrying (every {delay:.1f}s, backing off)")
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                # Exponential backoff with jitter (half to all of the delay),
+                # so many consoles redialing one agent do not arrive in step.
+                pause = delay * (0.5 + random.random() / 2)
+                reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+                self._set_peer(peer, "connecting", f"{reason}, retrying in {pause:.0f} s" if pause >= 1 else f"{reason}, retrying")
+                await asyncio.sleep(pause)
                 delay = min(RECONNECT_MAX, delay * 2)
                 continue
             delay = RECONNECT_MIN
@@ -217,9 +222,9 @@ class Coordinator:
             # First trust, asked for with --trust-new: pin it like ssh would.
             self.known_hosts.pin(peer.host, peer.port, link.host_key)
             self.store.write([], [(time.time(), "engine", "trust-new", peer.address, fingerprint(link.host_key))], [])
-        if peer.hint:  # its key is pinned: trusted now, so a known node
-            peer.hint = False
-            self.store.remember_node(peer.address)
+        # Reached and its key is pinned: trusted now, so a known node.
+        peer.hint = False
+        self.store.remember_node(peer.address)
         return link
 
     async def _wait_for_trust(self, peer: Peer, exc: Exception) -> None:

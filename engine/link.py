@@ -10,6 +10,7 @@ batch, ``recv_many`` hands over everything decoded so far in one await.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from typing import Any
 
@@ -47,7 +48,31 @@ RECV_LOW_WATER = 10_000
 
 
 class LinkError(Exception):
-    """Any failure to reach, trust or talk to an agent."""
+    """Any failure to reach, trust or talk to an agent. ``reason`` is the
+    cause alone (no address), for a line that names the node itself."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def connect_reason(exc: BaseException, host: str, conn: asyncssh.SSHClientConnection | None, timeout: float) -> str:
+    """Why a connection attempt failed, in an operator's words; never empty."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name {host!r} ({exc.strerror or 'unknown name'})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port: is the agent running?)"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {timeout:g} s (a firewall, or a host that is down?)"
+    if isinstance(exc, (asyncssh.ConnectionLost, asyncssh.ProtocolError)) and (
+        conn is None or conn.get_extra_info("server_version") is None
+    ):
+        return "not an SSH server (it closed the connection without an SSH greeting): is the port right?"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    if isinstance(exc, asyncssh.DisconnectError) and exc.reason:
+        return exc.reason
+    return str(exc) or type(exc).__name__
 
 
 class HostKeyMismatch(LinkError):
@@ -60,10 +85,8 @@ class HostKeyMismatch(LinkError):
         self.expected = expected
         self.key = presented
         self.fingerprint = fingerprint(presented)
-        super().__init__(
-            f"host key of {host}:{port} changed: expected {fingerprint(expected)}, "
-            f"presented {fingerprint(presented)}"
-        )
+        reason = f"host key CHANGED: expected {fingerprint(expected)}, presented {fingerprint(presented)}"
+        super().__init__(f"host key of {host}:{port} changed: expected {fingerprint(expected)}, presented {fingerprint(presented)}", reason)
 
 
 class UnknownHostKey(LinkError):
@@ -72,7 +95,7 @@ class UnknownHostKey(LinkError):
     def __init__(self, host: str, port: int, key: asyncssh.SSHKey) -> None:
         self.key = key
         self.fingerprint = fingerprint(key)
-        super().__init__(f"host key of {host}:{port} is not trusted yet: {self.fingerprint}")
+        super().__init__(f"host key of {host}:{port} is not trusted yet: {self.fingerprint}", f"host key not trusted yet: {self.fingerprint}")
 
 
 class AuthRefused(LinkError):
@@ -102,8 +125,10 @@ class _HostKeyCheck(asyncssh.SSHClient):
         self._pinned = pinned
         self._accept_unknown = accept_unknown
         self.presented: asyncssh.SSHKey | None = None
+        self.conn: asyncssh.SSHClientConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn  # to tell afterwards whether it ever said SSH
         protocol.skip_cbc_countermeasure(conn)
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
@@ -347,11 +372,11 @@ async def open_link(
             raise HostKeyMismatch(host, port, pinned_host_key, presented) from None
         raise UnknownHostKey(host, port, presented) from None
     except asyncssh.PermissionDenied:
-        raise AuthRefused(f"{where}: the agent does not accept this console's key") from None
-    except asyncssh.DisconnectError as exc:
-        raise LinkError(f"{where}: {exc.reason}") from None
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise LinkError(f"{where}: cannot connect: {exc or 'timed out'}") from None
+        reason = "the agent does not accept this console's key (add 'shoal keys' to its authorized keys)"
+        raise AuthRefused(f"{where}: {reason}", reason) from None
+    except (asyncssh.DisconnectError, OSError, asyncio.TimeoutError) as exc:
+        reason = connect_reason(exc, host, check.conn, connect_timeout)
+        raise LinkError(f"{where}: {reason}", reason) from None
 
     host_key = conn.get_server_host_key()
     assert host_key is not None
@@ -360,10 +385,12 @@ async def open_link(
         await link._open(console_id, connect_timeout)
     except asyncssh.ChannelOpenError as exc:
         conn.close()
-        raise LinkError(f"{where}: subsystem {SUBSYSTEM!r} refused: {exc.reason}") from None
+        reason = f"an SSH server, but not a shoal agent (subsystem {SUBSYSTEM!r} refused: {exc.reason or 'no reason given'})"
+        raise LinkError(f"{where}: {reason}", reason) from None
     except asyncio.TimeoutError:
         conn.close()
-        raise LinkError(f"{where}: no hello from the agent within {connect_timeout} s") from None
+        reason = f"no hello from the agent within {connect_timeout:g} s"
+        raise LinkError(f"{where}: {reason}", reason) from None
     except LinkError:
         conn.close()
         raise

@@ -270,6 +270,10 @@ class Store:
     def remember_node(self, address: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO nodes VALUES (?, ?)", (address, time.time()))
 
+    def forget_node(self, address: str) -> bool:
+        """Stop redialing ``address`` at start; False if it was not known."""
+        return self.db.execute("DELETE FROM nodes WHERE address = ?", (address,)).rowcount > 0
+
     # --- reads ------------------------------------------------------------------
 
     def known_nodes(self) -> list[str]:

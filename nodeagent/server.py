@@ -146,6 +146,9 @@ AGENT_DESCRIPTION = """\
 Run a Shoal node agent: an SSH server that runs tasks for the consoles whose
 public keys are in the authorized-keys file.
 
+It advertises itself over mDNS on EVERY network interface unless
+--mdns-interface IP names the ones to use, or --no-advertise turns that off.
+
 Security: an authorized key can run any program, and any Python code, as the
 user this agent runs as, exactly like an SSH login (a "call" task imports and
 calls any function; --allow-pickle only adds pickled callables, it is not a
@@ -160,17 +163,17 @@ def parse_args(argv: list[str]) -> AgentConfig:
     parser = _Parser(
         prog="shoal agent", description=AGENT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT")
-    parser.add_argument("--authorized-keys", type=Path, metavar="FILE")
-    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N")
-    parser.add_argument("--labels", default="", metavar="k=v,...")
-    parser.add_argument("--state-dir", type=Path, metavar="DIR")
-    parser.add_argument("--mdns-interface", action="append", metavar="IP", dest="mdns_interfaces")
-    parser.add_argument("--no-advertise", action="store_true")
+    parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT", help="address and port to serve SSH on (default: %(default)s, every interface)")
+    parser.add_argument("--authorized-keys", type=Path, metavar="FILE", help="OpenSSH authorized_keys file of the consoles allowed in (required; 'shoal keys' prints a console's key)")
+    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N", help="tasks run at once (default: the CPU count, %(default)s here)")
+    parser.add_argument("--labels", default="", metavar="k=v,...", help="labels jobs can require, e.g. gpu=yes,zone=a (default: none)")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="host key, agent id and result journal (default: SHOAL_AGENT_STATE_DIR, else the XDG data dir's shoal/agent)")
+    parser.add_argument("--mdns-interface", action="append", metavar="IP", dest="mdns_interfaces", help="advertise over mDNS on this interface only (repeatable; default: EVERY interface)")
+    parser.add_argument("--no-advertise", action="store_true", help="do not advertise over mDNS at all (default: advertise on every interface, or on those --mdns-interface names)")
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="also run cloudpickled callables (an authorized key can run code as this user with or without it)",
+        help="also run cloudpickled callables; an authorized key can run code as this user with or without it (default: off)",
     )
     parser.add_argument(
         "--pass-env",
@@ -178,12 +181,12 @@ def parse_args(argv: list[str]) -> AgentConfig:
         default=[],
         metavar="NAME",
         type=_env_name,
-        help="give tasks this variable of the agent's environment too, e.g. CUDA_VISIBLE_DEVICES (repeatable)",
+        help="give tasks this variable of the agent's environment too, e.g. CUDA_VISIBLE_DEVICES (repeatable; default: none)",
     )
-    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS")
-    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="N")
-    parser.add_argument("--compat-kex", action="store_true")
-    parser.add_argument("--agent-id", metavar="ID")
+    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS", help="on SIGTERM, let running tasks finish this long before killing them (default: %(default)s)")
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="N", help="largest protocol frame accepted (default: %(default)s)")
+    parser.add_argument("--compat-kex", action="store_true", help="also offer plain curve25519 key exchange, for older SSH clients (default: post-quantum hybrid only)")
+    parser.add_argument("--agent-id", metavar="ID", help="this agent's id (default: one made up once and kept in the state dir)")
     args = parser.parse_args(argv)
 
     if args.authorized_keys is None:
@@ -200,7 +203,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
         except OSError:
             raise UsageError(f"--mdns-interface {ip!r}: expected an IP address") from None
     host, port = _listen_address(args.listen)
-    state_dir = args.state_dir or Path(platformdirs.user_data_dir("shoal")) / "agent"
+    state_dir = args.state_dir or Path(os.environ.get("SHOAL_AGENT_STATE_DIR") or Path(platformdirs.user_data_dir("shoal")) / "agent")
     return AgentConfig(
         authorized_keys=args.authorized_keys,
         state_dir=state_dir,

@@ -44,3 +44,173 @@ def test_demo_flaky_job_fails_each_item_first_one_or_two_attempts_then_succeeds(
     assert report["result"] == 40 and report["counts"]["succeeded"] == 40
     rows = json.loads(shoal("results", str(report["job"]), "--json", env=env).stdout)["tasks"]
     assert [row["attempts"] for row in rows] == [2 + index % 2 for index in range(40)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_job(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+TINY = 'command = ["echo", "{item}"]\nitems = [1, 2, 3]\nreduce = "sum"\n'
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SHOAL_STATE_DIR": str(tmp_path / "state"), "SHOAL_CONFIG_DIR": str(tmp_path / "cfg")}
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_port_is_said_with_its_reason_and_run_gives_up_with_exit_2(tmp_path):
+    port = free_port()
+    job = write_job(tmp_path, TINY)
+    run = shoal("run", str(job), "--node", f"127.0.0.1:{port}", "--wait-for-nodes", "3", env=isolated_env(tmp_path))
+    assert run.returncode == 2, run.stderr
+    assert f"node 127.0.0.1:{port}: connection refused" in run.stderr
+    assert "retrying" in run.stderr and "cannot connect: ;" not in run.stderr
+    assert f"no node reached in 3 s: 127.0.0.1:{port}: connection refused" in run.stderr.splitlines()[-1]
+    assert "Traceback" not in run.stderr
+    # Never reached: not remembered, so no later run dials it again.
+    nodes = shoal("nodes", "--json", env=isolated_env(tmp_path))
+    assert nodes.returncode == 0 and json.loads(nodes.stdout) == []
+
+
+@pytest.mark.timeout(60)
+def test_an_http_server_given_as_a_node_is_said_to_be_no_ssh_server(tmp_path):
+    port = free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        run = shoal("run", str(write_job(tmp_path, TINY)), "--node", f"127.0.0.1:{port}", "--wait-for-nodes", "3",
+                    env=isolated_env(tmp_path))
+    finally:
+        http.terminate()
+        http.wait(10)
+    assert run.returncode == 2
+    assert f"node 127.0.0.1:{port}: not an SSH server" in run.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        ('labels = { gpu = "yes" }\n', "field 'labels': no node offers labels gpu=yes (2 nodes: 127.0.0.1:"),
+        ("slots = 8\n", "field 'slots': no node offers 8 slots per task (2 nodes: 127.0.0.1:"),
+    ],
+)
+def test_a_job_no_node_can_take_fails_with_exit_2_naming_the_field(cluster, tmp_path, extra, words):
+    job = write_job(tmp_path, TINY + extra)
+    run = shoal("run", str(job), *node_flags(cluster), env=cluster_env(cluster))
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr and "Traceback" not in run.stderr
+    jobs = json.loads(shoal("jobs", "--json", env=cluster_env(cluster)).stdout)
+    assert [j["status"] for j in jobs] == ["cancelled"]  # not resumed by a later run
+
+
+@pytest.mark.timeout(90)
+def test_nodes_are_remembered_once_reached_and_forgotten_on_request(cluster, tmp_path):
+    env = cluster_env(cluster)
+    assert shoal("run", str(write_job(tmp_path, TINY)), *node_flags(cluster), env=env).returncode == 0
+    remembered = {n["id"] for n in json.loads(shoal("nodes", "--json", env=env).stdout)}
+    # Those the run reached (it may end before the second one answers).
+    assert remembered and remembered <= set(cluster.addresses)
+    gone = sorted(remembered)[0]
+    forget = shoal("nodes", "forget", gone, env=env)
+    assert forget.returncode == 0 and f"forgot {gone}" in forget.stdout
+    assert {n["id"] for n in json.loads(shoal("nodes", "--json", env=env).stdout)} == remembered - {gone}
+    again = shoal("nodes", "forget", "127.0.0.1:1", env=env)
+    assert again.returncode == 2 and "not a remembered node" in again.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_changed_host_key_is_said_once(cluster, tmp_path):
+    import asyncssh
+
+    from engine.trust import KnownHosts
+
+    agent = cluster.agents[0]
+    KnownHosts(cluster.config_dir / "known_hosts").pin(
+        "127.0.0.1", agent.port, asyncssh.generate_private_key("ssh-ed25519").convert_to_public(), replace=True
+    )
+    run = shoal("run", str(write_job(tmp_path, TINY)), "--node", agent.address, "--wait-for-nodes", "3", env=cluster_env(cluster))
+    assert run.returncode == 2
+    assert run.stderr.count("expected SHA256:") == 1, run.stderr  # the key's change, said once
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_goes_away_ends_no_command_with_a_traceback(cluster, tmp_path):
+    env = cluster_env(cluster)
+    assert shoal("run", str(write_job(tmp_path, TINY)), *node_flags(cluster), env=env).returncode == 0
+    for args in (["results", "1", "--json"], ["jobs"], ["nodes", "--json"], ["--help"], ["run", "--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the first write meets EPIPE, as `| head` does once it has its lines
+        try:
+            proc = subprocess.run([sys.executable, "-m", "console.cli", *args], stdout=write_end, stderr=subprocess.PIPE,
+                                  text=True, timeout=60, cwd=REPO, env=env)
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, (args, proc.stderr)
+        assert proc.returncode in (0, 2)
+
+
+def _options_without_default(help_text: str) -> list[str]:
+    """The option entries of an argparse --help whose text names no default."""
+    entries: list[list[str]] = []
+    for line in help_text.split("options:", 1)[-1].splitlines():
+        if line.startswith("  -"):
+            entries.append([line])
+        elif entries and line.startswith("    "):
+            entries[-1].append(line)
+    return [
+        entry[0].split()[0] for entry in entries
+        if not entry[0].lstrip().startswith("-h") and not any(w in " ".join(entry) for w in ("default", "required"))
+    ]
+
+
+def test_every_flag_of_every_command_has_help_with_its_default(tmp_path):
+    from console.cli import COMMANDS
+
+    top = shoal("--help").stdout
+    for command in ["agent", *COMMANDS]:
+        help_text = shoal(command, "--help").stdout
+        assert _options_without_default(help_text) == [], command
+        line = next(line for line in top.splitlines() if line.strip().startswith(command + " "))
+        assert len(line.split()) > 2, f"{command} has no description in 'shoal --help'"
+    agent_help = " ".join(shoal("agent", "--help").stdout.split())
+    assert "advertises itself over mDNS on EVERY network interface unless --mdns-interface" in agent_help
+
+
+def test_keys_takes_a_config_dir_and_the_agent_honours_its_state_dir_variable(tmp_path, authorized_keys=None):
+    keys = shoal("keys", "--config-dir", str(tmp_path / "cfg"))
+    assert keys.returncode == 0 and (tmp_path / "cfg" / "console_key").exists()
+    (tmp_path / "authorized_keys").write_text(keys.stdout)
+    env = {**os.environ, "SHOAL_AGENT_STATE_DIR": str(tmp_path / "agent-state")}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "agent", "--listen", "127.0.0.1:0", "--no-advertise",
+         "--authorized-keys", str(tmp_path / "authorized_keys")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+    )
+    try:
+        assert agent.stdout is not None and b"listening on" in agent.stdout.readline()
+        assert (tmp_path / "agent-state" / "host_key").exists()
+    finally:
+        agent.terminate()
+        agent.wait(15)

@@ -1,0 +1,61 @@
+"""Why a job is not running, in words an operator can act on.
+
+The engine never waits in silence: these read the node views any client has
+(``NodeInfo``) and say which node cannot be reached and why, or which field
+of a job no node offers. Pure functions, shared by ``shoal run`` and the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.spec import JobSpec
+from engine.views import NodeInfo
+
+REACHED = frozenset({"up", "draining", "drained"})
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
+
+
+def unmet_field(spec: JobSpec, nodes: Sequence[NodeInfo]) -> tuple[str, str] | None:
+    """``(field, sentence)`` when no reached node can take the job's tasks
+    (its ``labels`` or ``slots``), else None. With no node reached: None."""
+    reached = [n for n in nodes if n.state in REACHED]
+    if not reached:
+        return None
+    fits_labels = [n for n in reached if all(n.labels.get(k) == v for k, v in spec.labels.items())]
+    if not fits_labels:
+        offered = ", ".join(f"{n.id} {_labels(n.labels)}" for n in reached[:8])
+        more = f", {len(reached) - 8} more" if len(reached) > 8 else ""
+        return "labels", f"no node offers labels {_labels(spec.labels)} ({len(reached)} nodes: {offered}{more})"
+    if not any(n.slots >= spec.slots for n in fits_labels):
+        offered = ", ".join(f"{n.id} {n.slots} slots" for n in fits_labels[:8])
+        return "slots", f"no node offers {spec.slots} slots per task ({len(fits_labels)} nodes: {offered})"
+    return None
+
+
+def all_known_reached(nodes: Sequence[NodeInfo]) -> bool:
+    """Every node we know of is up: none that is still coming could change an answer."""
+    return bool(nodes) and all(n.state in REACHED for n in nodes)
+
+
+def unreachable(nodes: Sequence[NodeInfo]) -> str:
+    """One clause per node not reached: ``addr: reason``, joined by '; '."""
+    return "; ".join(f"{n.id}: {_why(n)}" for n in nodes if n.state not in REACHED)
+
+
+def _why(node: NodeInfo) -> str:
+    if node.state == "refused":
+        return "refused, its host key changed (see above)"
+    if node.state == "untrusted":
+        return f"untrusted: shoal trust {node.id}"
+    return node.detail or node.state
+
+
+def no_node_reached(nodes: Sequence[NodeInfo], waited: float) -> str:
+    """The sentence for giving up: no node was ever reached."""
+    if not nodes:
+        return f"no node to run on after {waited:.0f} s: give --node HOST:PORT or --mdns-interface IP"
+    return f"no node reached in {waited:.0f} s: {unreachable(nodes)}"
