@@ -65,9 +65,9 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
 from engine.reducers import ReducerError, reducer_factory
 from engine.shellquote import UnsafePlaceholder, check_template, shell_script_index
+from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
 
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_BASE = 1.0

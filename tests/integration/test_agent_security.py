@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import engine.link as link_module
 import nodeagent.server as server_module
 from engine.link import AuthRefused, HostKeyMismatch, UnknownHostKey
+from nodeagent.journal import Journal
 from nodeagent.protocol import (
     ERR_FRAME_TOO_LARGE,
     ERR_PROTOCOL,
@@ -27,15 +28,14 @@ from nodeagent.protocol import (
     PROTOCOL_VERSION,
     SUBSYSTEM,
     Error,
-    Started,
     FrameDecoder,
     Hello,
     Message,
     ProtocolError,
+    Started,
     decode_body,
     encode,
 )
-from nodeagent.journal import Journal
 from nodeagent.server import load_or_create_host_key, main
 from tests.integration.conftest import shell
 

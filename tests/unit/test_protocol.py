@@ -48,6 +48,9 @@ settings.load_profile("protocol")
 text = st.text(max_size=12)
 ids = st.lists(text, max_size=5)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# What the wire's numeric fields may hold (see messages.MAX_*): others are protocol errors.
+timestamp = st.floats(0, 1e11)
+percent = st.floats(0, 100)
 str_map = st.dictionaries(text, text, max_size=3)
 # Values a task may return or take: msgpack's own types (lists, str-keyed maps).
 plain = st.recursive(
@@ -93,8 +96,8 @@ results = st.builds(
     traceback=text,
     exit_code=st.none() | st.integers(-255, 255),
     signal=st.none() | st.integers(1, 64),
-    started=finite,
-    ended=finite,
+    started=timestamp,
+    ended=timestamp,
     stdout=st.binary(max_size=32),
     stderr=st.binary(max_size=32),
 )
@@ -125,10 +128,10 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Any]] = {
     Finished: st.builds(Finished, results=st.lists(results, max_size=4)),
     Heartbeat: st.builds(
         Heartbeat,
-        time=finite,
-        cpu=finite,
-        mem=finite,
-        load=st.lists(finite, min_size=3, max_size=3),
+        time=timestamp,
+        cpu=percent,
+        mem=percent,
+        load=st.lists(st.floats(0, 1e6), min_size=3, max_size=3),
         slots_total=st.integers(0, 512),
         slots_busy=st.integers(0, 512),
         queued=st.integers(0, 10**6),

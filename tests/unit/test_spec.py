@@ -13,9 +13,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from nodeagent.protocol import TaskSpec
 from engine.reducers import make_reducer, shell_value
 from engine.spec import JobSpec, SpecError, load_job_file, parse_duration, parse_job_text
+from nodeagent.protocol import TaskSpec
 
 JOBS = Path(__file__).resolve().parents[2] / "demos" / "jobs"
 
