@@ -119,7 +119,9 @@ class Coordinator:
             self.core.restore_job(
                 job_id, spec, submitted_at, self.store.task_states(job_id), self.store.succeeded_values(job_id)
             )
-        for address in self.store.known_nodes():
+        known = self.store.known_nodes()
+        self.core.handle(inputs.AwaitNodes(list(known), time.time()))
+        for address in known:
             self.add_node(address)
         self._ticker = asyncio.create_task(self._tick_loop())
         self._schedule_flush()

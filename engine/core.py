@@ -26,6 +26,7 @@ from typing import Any
 from engine import events as ev
 from engine.inputs import (
     AuditEntry,
+    AwaitNodes,
     CancelJob,
     DrainNode,
     DrainOrder,
@@ -100,7 +101,11 @@ class EngineCore(TaskStates):
             CancelJob: self._on_cancel,
             DrainNode: self._on_drain,
             UndrainNode: self._on_undrain,
+            AwaitNodes: self._on_await_nodes,
         }
+        # After a restart: known nodes whose hello restored jobs wait for, until the deadline.
+        self.awaiting: set[str] = set()
+        self.await_until = 0.0
         # How an attempt's outcome is taken; any other outcome is a failure.
         self._outcomes: dict[str, Callable[[Attempt, TaskResult, float], None]] = {
             Outcome.OK: self._attempt_ok,
@@ -207,6 +212,7 @@ class EngineCore(TaskStates):
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
         node.stopping = False
         self.roomy[node.id] = node
+        self.awaiting.discard(node.id)
         # A new session: whatever made this node refuse a job may have been
         # fixed (a restart with --allow-pickle, more slots), so try it again.
         for job in self.open_jobs.values():
@@ -540,8 +546,16 @@ class EngineCore(TaskStates):
 
     # --- time -------------------------------------------------------------------
 
+    def _on_await_nodes(self, e: AwaitNodes) -> None:
+        self.awaiting = {n for n in e.nodes if not ((node := self.nodes.get(n)) and node.up)}
+        self.await_until = e.now + self.config.heartbeat_timeout
+
     def _on_tick(self, e: Tick) -> None:
         now = e.now
+        if self.awaiting and now >= self.await_until:
+            missing = ", ".join(sorted(self.awaiting))
+            self.awaiting = set()
+            self.out.events.append(ev.Alert("warning", f"no hello from {missing} since the restart: restored tasks run elsewhere"))
         if self.backoff:
             due = [t for t in self.backoff if t.ready_at <= now]
             if due:
@@ -617,10 +631,11 @@ class EngineCore(TaskStates):
         becomes able to take work, and leaves once full or unable), so a
         flush after one node's results costs the same with 10 or 10,000
         nodes up."""
+        waiting = bool(self.awaiting)  # restored jobs wait for known nodes' hellos
         demands = [
             JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes)
             for j in self.open_jobs.values()
-            if j.ready
+            if j.ready and not (waiting and j.restored)
         ]
         if not demands:
             return

@@ -129,6 +129,17 @@ class UndrainNode:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class AwaitNodes:
+    """After a restart: these known nodes may still run restored tasks.
+    Restored jobs wait for their hellos (up to the heartbeat timeout) before
+    anything of theirs is placed, so a task still running on one of them is
+    adopted rather than started again elsewhere."""
+
+    nodes: list[str]
+    now: float
+
+
 # --- effects out ----------------------------------------------------------------
 
 class TaskRow(NamedTuple):

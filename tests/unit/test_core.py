@@ -417,3 +417,30 @@ def test_a_console_cancel_reported_by_the_agent_is_final():
     h.step(c.JobSubmitted(1, spec(count=1), h.now))
     h.finish("a", [TaskResult(id=h.sent["a"][0], outcome="cancelled", error="cancelled")])
     assert h.core.jobs[1].status.value == "cancelled"
+
+
+def test_after_a_restart_restored_work_waits_for_known_nodes_hellos():
+    h = Harness()
+    h.core.restore_job(1, spec(count=2), h.now, [(0, TaskStatus.QUEUED, 1, 0, 0)], [])
+    h.step(c.AwaitNodes(["a", "b"], h.now))
+    h.node("a", 4)
+    assert not h.sent.get("a")  # b may still run task 0: wait for its hello
+    h.step(c.JobSubmitted(2, spec(count=1), h.now))
+    assert h.sent["a"] == ["2.0.1"]  # new work is not held up
+    h.node("b", 1, holding=["1.0.2"])  # b still runs it: adopted, not rerun
+    assert "1.0.2" in h.core.nodes["b"].running
+    assert not [aid for aid in h.sent["a"] if aid.startswith("1.0.")]  # task 0 is not run twice
+    assert h.core.jobs[1].counts[TaskStatus.RUNNING] == 2  # task 0 on b, task 1 placed now
+
+
+def test_a_known_node_that_never_says_hello_holds_restored_work_only_until_the_heartbeat_timeout():
+    h = Harness()
+    h.core.restore_job(1, spec(count=1), h.now, [], [])
+    h.step(c.AwaitNodes(["a", "gone"], h.now))
+    h.node("a", 1)
+    assert not h.sent.get("a")
+    h.now += 3.5
+    h.core.nodes["a"].last_seen = h.now
+    out = h.step(c.Tick(h.now))
+    assert any("gone" in getattr(e, "message", "") for e in out.events)
+    assert h.sent["a"] == ["1.0.3"]

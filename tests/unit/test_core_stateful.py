@@ -155,6 +155,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.core.restore_job(job_id, self.specs[job_id], job.submitted_at, rows, values)
         for agent in self.agents.values():
             agent.connected = False
+        self.core.handle(c.AwaitNodes(sorted(self.agents), self.now))
         self.flush()
 
     @precondition(lambda self: self.core.jobs)
