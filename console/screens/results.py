@@ -4,8 +4,6 @@ JSON or CSV file the operator names."""
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
 import time
@@ -21,6 +19,7 @@ from console.host import Tick
 from console.screens.base import Pump, ShoalScreen
 from console.screens.dialogs import PathSuggester, PromptScreen
 from console.widgets import format as fmt
+from engine.reducers import results_to_csv, results_to_json
 from engine.views import JobInfo
 
 
@@ -38,20 +37,16 @@ def export_path(text: str) -> Path:
     return path
 
 
-TASK_FIELDS = ["index", "status", "attempts", "node", "value", "error", "exit_code", "duration"]  # as `shoal results --csv`
-
-
 def render_export(path: Path, job: JobInfo, result: Any, tasks: list[dict[str, Any]]) -> str:
     """JSON: the job, its aggregated result and every task's row; CSV: one
-    row per task, the columns of `shoal results --csv`."""
+    row per task. The rows are the engine's export format, the same as
+    `shoal results --json/--csv`."""
     if path.suffix.lower() == ".csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=TASK_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in tasks:
-            writer.writerow({**row, "value": json.dumps(row.get("value"), default=repr, ensure_ascii=False)})
-        return buf.getvalue()
-    doc = {"job": job.id, "name": job.name, "status": job.status, "counts": job.counts, "total": job.total, "result": result, "tasks": tasks}
+        return results_to_csv(tasks)
+    doc = {
+        "job": job.id, "name": job.name, "status": job.status, "counts": job.counts, "total": job.total,
+        "result": result, "tasks": json.loads(results_to_json(tasks)),
+    }
     return json.dumps(doc, default=repr, ensure_ascii=False, indent=2) + "\n"
 
 
