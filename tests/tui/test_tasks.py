@@ -194,3 +194,16 @@ async def test_submit_job_file_shows_spec_errors_inline_then_submits(engine, tmp
         assert [j.name for j in jobs] == ["good"]
         assert await engine.wait(jobs[0].id, 30) == "succeeded" and await engine.result(jobs[0].id) == 5
         assert any(e.actor == "console" and e.action == "submit" for e in await engine.audit(20))
+
+
+async def test_rerun_failed_of_a_job_reruns_every_failed_task_once(engine, tmp_path):
+    job_id = await engine.submit(job(ODD_FAILS))
+    assert await engine.wait(job_id, 30) == "failed"
+    app = app_for(engine, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_jobs(pilot, app)
+        await pilot.press("R")
+        for index in (1, 3, 5, 7, 9):
+            await until_async(pilot, lambda index=index: _attempts(engine, job_id, index, 2), what=f"task {index} rerun")
+        assert [len((await engine.task(job_id, i)).attempts) for i in (0, 2, 4)] == [1, 1, 1]  # succeeded ones stay
+        assert any(e.actor == "console" and e.action == "resubmit" for e in await engine.audit(20))
