@@ -44,6 +44,7 @@ from engine.inputs import (
     Tick,
     UndrainNode,
 )
+from engine.invariants import validate_state
 from engine.model import (
     TERMINAL,
     Attempt,
@@ -137,9 +138,8 @@ class EngineCore(TaskStates):
         return out
 
     def validate_state(self) -> None:
-        from engine.invariants import validate_state
-
-        validate_state(self)
+        """Assert every invariant (engine.invariants); tests call it after each step."""
+        validate_state(self, self.config.prefetch_seconds, self.config.max_prefetch)
 
     # --- jobs -------------------------------------------------------------------
 

@@ -7,15 +7,12 @@ slow. Each assertion names what it protects against.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from engine.model import TERMINAL, JobStatus, Task, TaskStatus, parse_attempt_id
-
-if TYPE_CHECKING:
-    from engine.core import EngineCore
+from engine.transitions import TaskStates
 
 
-def validate_state(core: EngineCore) -> None:
+def validate_state(core: TaskStates, prefetch_seconds: float, max_prefetch: int) -> None:
     # Every live attempt is listed by its node, and every listed one is live.
     listed: set[str] = set()
     for node in core.nodes.values():
@@ -30,10 +27,9 @@ def validate_state(core: EngineCore) -> None:
         assert slots == node.in_flight_slots, f"{node.id}: in-flight slots {node.in_flight_slots}, its attempts hold {slots}"
     assert listed == set(core.attempts), "live attempts not all listed on their node"
     # Placement looks only at ``roomy``: a node with room missing from it would starve.
-    cfg = core.config
     for node in core.nodes.values():
         if node.up and not node.drained and not node.stopping:
-            if node.in_flight_slots < node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+            if node.in_flight_slots < node.capacity(prefetch_seconds, max_prefetch):
                 assert node.id in core.roomy, f"{node.id} has room but placement would not look at it"
 
     # Each running task has one or more live attempts, all in its list, with
