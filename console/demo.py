@@ -20,7 +20,7 @@ from pathlib import Path
 
 import demos
 from console.headless import run_job
-from demos.cluster import LocalCluster
+from demos.cluster import LocalCluster, until_signalled
 from engine.api import Engine
 from engine.spec import load_job_file
 
@@ -52,7 +52,7 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
         root = Path(tmp)
         slots = [1 + (i % 3) for i in range(nodes)]  # heterogeneous on purpose
         print(f"demo: starting {nodes} agents on 127.0.0.1 with slots {slots} ...", file=sys.stderr)
-        with LocalCluster(root, slots, advertise=True) as cluster:
+        with LocalCluster(root, slots, advertise=True, tied_to_parent=True) as cluster:
             print(f"demo: agents at {', '.join(cluster.addresses)}; discovering them over mDNS on 127.0.0.1", file=sys.stderr)
             engine = await Engine.open(root / "console-state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
             stop = asyncio.Event()
@@ -72,6 +72,9 @@ async def run_demo(nodes: int, chaos: bool, jobs: list[str]) -> int:
                     print(f"\ndemo: job {name}: {spec.task_count()} tasks", file=sys.stderr)
                     worst = max(worst, await run_job(engine, spec, as_json=False, summary=True))
                     ran.append(spec.task_count())
+                stop.set()  # chaos ends (its agent back) before the summary, not after it
+                if chaos_task:
+                    await chaos_task
                 rows = sum([len(await engine.task_results(job.id)) for job in await engine.jobs()])
                 verdict = "each task exactly once" if rows == sum(ran) else "MISMATCH"
                 print(
@@ -100,7 +103,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
         root = Path(tmp)
         slots = [1 + (i % 3) for i in range(nodes)]
         print(f"demo: starting {nodes} agents on 127.0.0.1 ...", file=sys.stderr)
-        with LocalCluster(root, slots, advertise=True) as cluster:
+        with LocalCluster(root, slots, advertise=True, tied_to_parent=True) as cluster:
             engine = await Engine.open(root / "console-state", cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)
             try:
                 await engine.wait_for_nodes(nodes, timeout=15)
@@ -121,6 +124,7 @@ async def run_demo_console(nodes: int, chaos: bool, jobs: list[str]) -> int:
 
 
 def main(nodes: int = 4, chaos: bool = False, jobs: list[str] | None = None, *, tui: bool = False) -> int:
+    # SIGTERM or SIGHUP end the demo like Ctrl-C: its agents stop and its temp dir goes.
     if tui:
-        return asyncio.run(run_demo_console(nodes, chaos, jobs or DEMO_JOBS))
-    return asyncio.run(run_demo(nodes, chaos, jobs or DEMO_JOBS))
+        return asyncio.run(until_signalled(run_demo_console(nodes, chaos, jobs or DEMO_JOBS)))
+    return asyncio.run(until_signalled(run_demo(nodes, chaos, jobs or DEMO_JOBS)))

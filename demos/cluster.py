@@ -4,6 +4,7 @@ key. Nothing here is a fake: kill -9 means kill -9."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -12,9 +13,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Coroutine
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+
+# `shoal agent ARGS` that asks the kernel for SIGTERM when its parent dies,
+# set in the child itself (a preexec_fn is unsafe in a threaded parent); if
+# the parent died before that, it ends at once.
+_TIED_AGENT = """
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+from console.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 @dataclass
@@ -25,6 +40,9 @@ class AgentProcess:
     labels: str = ""
     extra: list[str] = field(default_factory=list)
     advertise: bool = False  # over mDNS on 127.0.0.1 only
+    # Ends (SIGTERM) when the thread that started it dies, however it dies
+    # (Linux PR_SET_PDEATHSIG): no agent outlives a demo killed with -9.
+    tied_to_parent: bool = False
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -35,8 +53,7 @@ class AgentProcess:
     def start(self, authorized_keys: Path, port: int = 0, timeout: float = 20.0) -> None:
         argv = [
             sys.executable,
-            "-m",
-            "console.cli",
+            *(["-c", _TIED_AGENT, str(os.getpid())] if self.tied_to_parent else ["-m", "console.cli"]),
             "agent",
             "--listen",
             f"127.0.0.1:{port or self.port}",
@@ -99,6 +116,7 @@ class LocalCluster:
         extra: list[str] | None = None,
         advertise: bool = False,
         trusted: bool = True,  # pin the agents' host keys at start (False: strangers to the console)
+        tied_to_parent: bool = False,  # agents end when this process does, even on kill -9 (Linux)
     ) -> None:
         from engine.trust import load_or_create_console_key, public_key_line
 
@@ -111,7 +129,7 @@ class LocalCluster:
         self.authorized_keys.write_text(public_key_line(key) + "\n")
         labels = labels or [""] * len(slots)
         self.agents = [
-            AgentProcess(f"agent{i}", root / f"agent{i}", n, labels[i], list(extra or []), advertise)
+            AgentProcess(f"agent{i}", root / f"agent{i}", n, labels[i], list(extra or []), advertise, tied_to_parent)
             for i, n in enumerate(slots)
         ]
 
@@ -148,3 +166,29 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def until_signalled(main: Coroutine[Any, Any, int], signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> int:
+    """Run ``main``; on one of ``signals`` cancel it, so its ``finally``
+    and ``with`` blocks stop the agents and remove the temp dir, and return
+    128 + the signal's number, as a shell reports a death by signal."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        print(f"demo: {signal.Signals(received[0]).name}: agents stopped, temp dir removed", file=sys.stderr)
+        return 128 + received[0]
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
