@@ -326,13 +326,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     from engine.reducers import results_to_csv
 
     store = _open_store(args.state_dir)
-    if store.job_spec(args.job) is None:
+    spec = store.job_spec(args.job)
+    if spec is None:
         raise UserError(f"no job {args.job} (see 'shoal jobs')")
     rows = store.task_results(args.job)
     if args.json:
         print(json.dumps({"job": args.job, "result": store.job_result(args.job), "tasks": rows}, default=repr))
     elif args.csv:
-        sys.stdout.write(results_to_csv(rows))
+        sys.stdout.write(results_to_csv(rows, spec.items))
     else:
         print(format_result(store.job_result(args.job)))
     failed = any(row["status"] == "failed" for row in rows)

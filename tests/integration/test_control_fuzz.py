@@ -56,11 +56,15 @@ def random_request(rng: random.Random, rid: int) -> Any:
     return request
 
 
-async def roundtrip(path: Path, payload: bytes, *, expect_reply: bool = True) -> list[Any]:
-    """Send raw bytes; read replies until the engine answered or closed."""
+async def roundtrip(path: Path, payload: bytes, *, expect_reply: bool = True, hang_up: bool = False) -> list[Any]:
+    """Send raw bytes (then, with ``hang_up``, end the stream: a frame left
+    incomplete is waited for, like any frame still arriving); read replies
+    until the engine answered or closed."""
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:
         writer.write(payload)
+        if hang_up:
+            writer.write_eof()
         await writer.drain()
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         replies: list[Any] = []
@@ -102,8 +106,8 @@ async def test_random_frames_and_requests_get_error_replies_and_the_engine_keeps
             # The one already connected is served meanwhile, and no job came from garbage.
             if round_ % 50 == 0:
                 assert isinstance(await asyncio.wait_for(bystander.nodes(), 5), list)
-        for junk in (b"\xc1", os.urandom(64), b"\x91" * 2000, b"\xdf\xff\xff\xff\xff"):
-            replies = await roundtrip(path, junk)
+        for junk in (b"\xc1", rng.randbytes(64), rng.randbytes(64), b"\x91" * 2000, b"\xdf\xff\xff\xff\xff"):
+            replies = await roundtrip(path, junk, hang_up=True)
             assert not replies or "error" in replies[0]
         await roundtrip(path, b"\x92\x01", expect_reply=False)  # half a frame, then hang up
         oversized = msgpack.packb({"id": 1, "call": "jobs", "args": {"pad": "x" * (MAX_REQUEST_BYTES + 10)}})

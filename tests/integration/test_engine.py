@@ -269,8 +269,8 @@ def test_failed_tasks_exit_1_and_results_export_as_csv_and_json(cluster, tmp_pat
     assert "task 0 failed" in run.stderr
     as_csv = shoal("results", "1", "--csv", *common)
     lines = as_csv.stdout.strip().splitlines()
-    assert lines[0].startswith("index,status") and len(lines) == 5
-    assert "failed" in lines[1] and "succeeded" in lines[2]
+    assert lines[0] == "index,item,status,value,error,node,attempts,duration" and len(lines) == 5
+    assert lines[1].startswith("0,1,failed,") and lines[2].startswith("1,2,succeeded,2,")
     as_json = json.loads(shoal("results", "1", "--json", *common).stdout)
     assert as_json["result"] == 6 and [t["status"] for t in as_json["tasks"]] == ["failed", "succeeded"] * 2
     listing = json.loads(shoal("jobs", "--json", *common).stdout)
