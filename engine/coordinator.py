@@ -17,9 +17,10 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 import asyncssh
 

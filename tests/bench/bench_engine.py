@@ -70,7 +70,8 @@ async def shoal_throughput(root: Path, tasks: int, agents: int) -> float:
 
 def dask_throughput(tasks: int, workers: int, limit: float = 180.0) -> float | None:
     try:
-        from dask.distributed import Client, LocalCluster as DaskCluster, wait
+        from dask.distributed import Client, wait
+        from dask.distributed import LocalCluster as DaskCluster
     except ImportError:
         print("dask: not installed (pip install 'dask[distributed]')")
         return None
@@ -110,7 +111,8 @@ async def shoal_latency(root: Path, samples: int) -> tuple[float, float]:
 
 def dask_latency(samples: int) -> None:
     try:
-        from dask.distributed import Client, LocalCluster as DaskCluster
+        from dask.distributed import Client
+        from dask.distributed import LocalCluster as DaskCluster
     except ImportError:
         return
     with DaskCluster(n_workers=4, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as dc:
