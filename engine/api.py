@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine import core as c
+from engine import diagnose
 from engine import inputs, live, taskquery
 from engine.control import SOCKET_NAME, ControlServer
 from engine.coordinator import Coordinator, engine_lock
@@ -157,7 +158,9 @@ class Engine:
         try:
             await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
         except TimeoutError:
-            raise TimeoutError(f"job {job_id} is still running after {timeout:g}s") from None
+            held = self.coordinator.core.jobs.get(job_id)
+            why = diagnose.why_waiting(held.spec if held else None, self.coordinator.node_infos())
+            raise TimeoutError(f"job {job_id} is still running after {timeout:g}s" + (f": {why}" if why else "")) from None
         job = self.coordinator.core.jobs.get(job_id)
         return job.status.value if job is not None else (await self.job(job_id)).status
 
@@ -357,7 +360,8 @@ class Engine:
         deadline = time.monotonic() + timeout
         while (up := sum(1 for n in self.coordinator.core.nodes.values() if n.up)) < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {up} of {count} nodes up after {timeout:.0f}s")
+                why = diagnose.unreachable(self.coordinator.node_infos())
+                raise TimeoutError(f"only {up} of {count} nodes up after {timeout:.0f}s" + (f": {why}" if why else ""))
             await asyncio.sleep(0.02)
 
     # --- helpers ------------------------------------------------------------------

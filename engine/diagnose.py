@@ -59,3 +59,11 @@ def no_node_reached(nodes: Sequence[NodeInfo], waited: float) -> str:
     if not nodes:
         return f"no node to run on after {waited:.0f} s: give --node HOST:PORT or --mdns-interface IP"
     return f"no node reached in {waited:.0f} s: {unreachable(nodes)}"
+
+
+def why_waiting(spec: JobSpec | None, nodes: Sequence[NodeInfo]) -> str:
+    """Why a job may not be moving, or "": for a timeout's message."""
+    if not any(n.state in REACHED for n in nodes):
+        return f"no node reached: {unreachable(nodes)}" if nodes else "no node known: give nodes or mdns_interfaces"
+    unmet = unmet_field(spec, nodes) if spec is not None else None
+    return f"field '{unmet[0]}': {unmet[1]}" if unmet else ""

@@ -214,3 +214,20 @@ def test_keys_takes_a_config_dir_and_the_agent_honours_its_state_dir_variable(tm
     finally:
         agent.terminate()
         agent.wait(15)
+
+
+@pytest.mark.timeout(60)
+def test_the_python_api_says_why_a_wait_times_out(cluster, tmp_path):
+    from engine.api import Cluster
+
+    closed = f"127.0.0.1:{free_port()}"
+    with Cluster([closed], state_dir=tmp_path / "s1", config_dir=cluster.config_dir) as nowhere:
+        job = nowhere.map(["echo", "{item}"], [1, 2])
+        with pytest.raises(TimeoutError, match=f"still running after 2s: no node reached: {closed}: connection refused"):
+            job.wait(timeout=2)
+        with pytest.raises(TimeoutError, match=f"only 0 of 1 nodes up after 1s: {closed}: connection refused"):
+            nowhere._call(nowhere.engine.wait_for_nodes(1, timeout=1))
+    with Cluster(cluster.addresses, state_dir=tmp_path / "s2", config_dir=cluster.config_dir, wait_for=2) as running:
+        job = running.map(["echo", "{item}"], [1, 2], labels={"gpu": "yes"})
+        with pytest.raises(TimeoutError, match=r"field 'labels': no node offers labels gpu=yes \(2 nodes: 127.0.0.1:"):
+            job.wait(timeout=2)
