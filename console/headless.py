@@ -88,7 +88,14 @@ async def run_job(
         job_id = resumed
         out.message(f"shoal: resuming job {job_id} ({spec.name}) left unfinished in {engine.state_dir}")
     else:
+        earlier = _unfinished_from_same_file(engine, spec)
         job_id = await engine.submit(spec, actor="shoal run")
+        if earlier:
+            listed = ", ".join(map(str, earlier))
+            out.message(
+                f"shoal: {spec.source} changed since job {listed} was submitted from it: this is a new job"
+                f" ({job_id}); job {listed} resumes too unless cancelled (shoal cancel {earlier[0]})"
+            )
     waiter = asyncio.create_task(engine.wait(job_id))
     total = spec.task_count()
     said: dict[str, str] = {}  # node -> the cause last said, so each is said once
@@ -171,6 +178,15 @@ async def run_job(
     else:
         print(format_result(summarise(result) if summary else result))
     return 0 if status == "succeeded" else 1
+
+
+def _unfinished_from_same_file(engine: Engine, spec: JobSpec) -> list[int]:
+    """Unfinished jobs submitted from the same job file with other contents.
+    (The engine's job table, as ``find_unfinished`` reads it.)"""
+    if spec.source is None:
+        return []
+    jobs = engine.coordinator.core.jobs.values()
+    return sorted(j.id for j in jobs if j.status.value == "running" and j.spec.source == spec.source)
 
 
 def format_result(result: Any) -> str:

@@ -636,12 +636,25 @@ def parse_job_text(text: str, source: str = "<string>", base_dir: str | Path | N
 
 
 def load_job_file(path: str | Path) -> JobSpec:
-    """A job file to a JobSpec; every problem (unreadable file included) is one SpecError."""
-    source = str(path)
+    """A job file to a JobSpec; every problem (unreadable file included) is one SpecError.
+
+    The spec's ``source`` is the file's resolved path, and relative paths in
+    it resolve from there: a job's identity (its spec: where it came from and
+    what it says) is the same however the path was spelt (``./x.toml``, an
+    absolute path, a symlink), so a rerun after a crash resumes it."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        resolved = Path(path).resolve()
+    except OSError:
+        resolved = Path(path).absolute()
+    source = str(resolved)
+    try:
+        text = resolved.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError(f"cannot read the job file: {exc.strerror or exc}", where=source) from None
+        raise SpecError(f"cannot read the job file: {exc.strerror or exc}", where=str(path)) from None
     except UnicodeDecodeError:
-        raise SpecError("the job file is not UTF-8 text", where=source) from None
-    return parse_job_text(text, source=source, base_dir=Path(path).parent)
+        raise SpecError("the job file is not UTF-8 text", where=str(path)) from None
+    try:
+        return parse_job_text(text, source=source, base_dir=resolved.parent)
+    except SpecError as exc:  # name the file as the user typed it
+        where = exc.where or source
+        raise SpecError(exc.problem, exc.field, str(path) + where[len(source):] if where.startswith(source) else where) from None

@@ -231,3 +231,29 @@ def test_the_python_api_says_why_a_wait_times_out(cluster, tmp_path):
         job = running.map(["echo", "{item}"], [1, 2], labels={"gpu": "yes"})
         with pytest.raises(TimeoutError, match=r"field 'labels': no node offers labels gpu=yes \(2 nodes: 127.0.0.1:"):
             job.wait(timeout=2)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_file_is_the_same_job_however_its_path_is_spelt_and_a_changed_file_is_a_new_one(cluster, tmp_path):
+    env = cluster_env(cluster)
+    job = write_job(tmp_path, 'command = ["echo", "{item}"]\nitems = { range = [1, 101] }\nreduce = "sum"\n')
+    # Left unfinished in the store (no node reachable), by its absolute path.
+    first = shoal("run", str(job), "--node", f"127.0.0.1:{free_port()}", "--wait-for-nodes", "1", env=env)
+    assert first.returncode == 2 and "job 1 stays stored" in first.stderr
+    again = shoal("run", "./job.toml", *node_flags(cluster), env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming job 1" in again.stderr and again.stdout.strip() == "5050"
+    assert [j["id"] for j in json.loads(shoal("jobs", "--json", env=env).stdout)] == [1]  # never submitted twice
+    # Changed, and left unfinished as job 2 (the nodes forgotten, so none is dialed).
+    for node in json.loads(shoal("nodes", "--json", env=env).stdout):
+        assert shoal("nodes", "forget", node["id"], env=env).returncode == 0
+    job.write_text(job.read_text().replace("101", "11"))
+    changed = shoal("run", str(job), "--node", f"127.0.0.1:{free_port()}", "--wait-for-nodes", "1", env=env)
+    assert changed.returncode == 2
+    # Changed again, run through a symlinked directory: a new job, said in one line.
+    job.write_text(job.read_text().replace("11]", "21]"))
+    (tmp_path / "link").symlink_to(tmp_path)
+    newer = shoal("run", str(tmp_path / "link" / "job.toml"), *node_flags(cluster), env=env)
+    assert newer.returncode == 0, newer.stderr
+    lines = [line for line in newer.stderr.splitlines() if "changed since job 2" in line]
+    assert len(lines) == 1 and "this is a new job (3)" in lines[0], newer.stderr
