@@ -304,20 +304,20 @@ class EngineCore(Recovery):
     def _on_finished(self, e: TasksFinished) -> None:
         node = self.nodes.get(e.node)
         acks = self.out.acks.setdefault(e.node, [])
-        outcomes = self._outcomes
+        outcomes, failed, live, now = self._outcomes, self._attempt_failed, self.attempts, e.now
         for result in e.results:
             # Ack everything, duplicates included: once this flush is
             # persisted the agent may forget it. Acks go out after the commit.
             acks.append(result.id)
-            attempt = self._live_on(result.id, e.node)
-            if attempt is None:
+            attempt = live.get(result.id)
+            if attempt is None or attempt.node is not node:  # only its own node speaks for an attempt
                 if node is None or not self._recoverable(result.id):
                     continue  # late or duplicate: that attempt was re-run or already counted
-                attempt = self._adopt(result.id, node, e.now)
+                attempt = self._adopt(result.id, node, now)
                 if attempt is None:
                     continue
-            attempt.node.completed_since_tick += 1
-            outcomes.get(result.outcome, self._attempt_failed)(attempt, result, e.now)
+            node.completed_since_tick += 1
+            outcomes.get(result.outcome, failed)(attempt, result, now)
 
     def _attempt_ok(self, attempt: Attempt, result: TaskResult, now: float) -> None:
         task = attempt.task
@@ -551,7 +551,7 @@ class EngineCore(Recovery):
                 if requeued:
                     task = requeued.popleft()
                 else:
-                    task = self._fresh_task(job, job.cursor)
+                    task = self._fresh_task(job, job.cursor) if job.restored else Task(job, job.cursor)
                     job.cursor += 1
                 self._move(task, S.RUNNING, why)
             if node.in_flight_slots >= node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):

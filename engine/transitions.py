@@ -32,6 +32,8 @@ from nodeagent.protocol import TaskResult, TaskSpec
 TASK_EVENTS_UP_TO = 10_000
 
 S = TaskStatus
+# Moves every task of a big job makes: summarised by JobProgress, not evented.
+ROUTINE = frozenset({S.RUNNING, S.SUCCEEDED})
 
 
 @dataclass(slots=True)
@@ -92,7 +94,7 @@ class TaskStates:
         job.counts[to] += 1
         self._dirty_jobs.add(job)
         handler(task, why)
-        if job.total <= TASK_EVENTS_UP_TO or not (to is S.RUNNING or to is S.SUCCEEDED):
+        if job.total <= TASK_EVENTS_UP_TO or to not in ROUTINE:
             self.out.events.append(
                 ev.TaskChanged(job.id, task.index, to.label, task.node, task.issued, why.cause, why.error)
             )
@@ -109,7 +111,8 @@ class TaskStates:
         self._send(self._add_attempt(Attempt(task, why.node, task.issued + 1)))
 
     def _t_succeed(self, task: Task, why: Why) -> None:
-        self._cancel_live(task)
+        if task.live:  # the other copy lost the race
+            self._cancel_live(task)
         self._row(task, why.result, why.value)
 
     def _t_fail(self, task: Task, why: Why) -> None:
