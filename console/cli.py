@@ -274,9 +274,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from engine.live import LiveState, job_info
 
     jobs = _ask(args.state_dir, lambda r: r.jobs())
-    if jobs is None:
-        now, nothing_live = time.time(), LiveState()
-        jobs = [job_info(row, None, nothing_live, now) for row in _open_store(args.state_dir).jobs()]
+    if jobs is None:  # no engine: what the store knows, unfinished jobs counted from their stored tasks
+        now, nothing_live, store = time.time(), LiveState(), _open_store(args.state_dir)
+        rows = store.jobs()
+        for row in rows:
+            if row["status"] == "running":
+                row["counts"] = store.stored_counts(row["id"], row["total"])
+                row["status"] = "unfinished"
+        jobs = [job_info(row, None, nothing_live, now) for row in rows]
     if args.json:
         print(json.dumps([j.to_dict() for j in jobs]))
         return EXIT_OK
@@ -331,14 +336,34 @@ def cmd_results(args: argparse.Namespace) -> int:
     if spec is None:
         raise UserError(f"no job {args.job} (see 'shoal jobs')")
     rows = store.task_results(args.job)
+    unfinished = store.jobs(args.job)[0]["status"] == "running"
+    result = _partial_result(spec, store.succeeded_values(args.job)) if unfinished else store.job_result(args.job)
+    if unfinished and not args.csv:
+        done = sum(1 for row in rows if row["status"] in ("succeeded", "failed", "cancelled"))
+        print(f"shoal: job {args.job} is unfinished: the partial result of {done} of {spec.task_count()} tasks", file=sys.stderr)
     if args.json:
-        print(json.dumps({"job": args.job, "result": store.job_result(args.job), "tasks": rows}, default=repr))
+        print(json.dumps({"job": args.job, "result": result, "partial": unfinished, "tasks": rows}, default=repr))
     elif args.csv:
         sys.stdout.write(results_to_csv(rows, spec.items))
     else:
-        print(format_result(store.job_result(args.job)))
+        print(format_result(result))
     failed = any(row["status"] == "failed" for row in rows)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _partial_result(spec: Any, values: list[tuple[int, Any]]) -> Any:
+    """An unfinished job's result from its stored values, as the engine's
+    reducer would have it so far (a value it refuses is left out, as the
+    engine fails that task)."""
+    from engine.reducers import ReducerError, make_reducer
+
+    reducer = make_reducer(spec.reduce)
+    for index, value in values:
+        try:
+            reducer.add(index, value)
+        except ReducerError:
+            pass
+    return reducer.result()
 
 
 def _ask(state_dir: str | None, call: Callable[[Any], Any], *, required: str = "") -> Any:

@@ -331,6 +331,18 @@ class Store:
             for r in rows
         ]
 
+    def stored_counts(self, job_id: int, total: int) -> dict[str, int]:
+        """An unfinished job's task counts as stored, for views with no
+        engine running: ended tasks by outcome, the rest as queued (a task
+        stored as running ran under an engine that has gone)."""
+        ended = (int(TaskStatus.SUCCEEDED), int(TaskStatus.FAILED), int(TaskStatus.CANCELLED))
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) FROM tasks WHERE job_id = ? AND status IN (?, ?, ?) GROUP BY status", (job_id, *ended)
+        )
+        counts = {TaskStatus(status).label: count for status, count in rows}
+        counts["queued"] = total - sum(counts.values())
+        return counts
+
     def job_result(self, job_id: int) -> Any:
         row = self.db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return unpack(row[0]) if row else None

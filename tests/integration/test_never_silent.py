@@ -257,3 +257,37 @@ def test_a_job_file_is_the_same_job_however_its_path_is_spelt_and_a_changed_file
     assert newer.returncode == 0, newer.stderr
     lines = [line for line in newer.stderr.splitlines() if "changed since job 2" in line]
     assert len(lines) == 1 and "this is a new job (3)" in lines[0], newer.stderr
+
+
+@pytest.mark.timeout(120)
+def test_with_no_engine_the_views_show_what_the_store_holds_of_an_unfinished_job(cluster, tmp_path):
+    import time
+
+    env = cluster_env(cluster)
+    job = write_job(tmp_path, 'shell = "sleep 0.2; echo {item}"\nitems = { range = [1, 61] }\nreduce = "sum"\n')
+    run = subprocess.Popen([sys.executable, "-m", "console.cli", "run", str(job), *node_flags(cluster)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until some results are stored, asking the running engine
+            listed = shoal("jobs", "--json", env=env)
+            if listed.returncode == 0 and listed.stdout.strip() not in ("", "[]"):
+                if json.loads(listed.stdout)[0]["counts"].get("succeeded", 0) >= 6:
+                    break
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.1)
+    finally:
+        run.kill()  # kill -9: no engine left to answer
+        run.wait(10)
+    stored = json.loads(shoal("results", "1", "--json", env=env).stdout)
+    succeeded = [row["value"] for row in stored["tasks"] if row["status"] == "succeeded"]
+    assert len(succeeded) >= 6 and stored["partial"] is True
+    assert stored["result"] == sum(succeeded)
+    [offline] = json.loads(shoal("jobs", "--json", env=env).stdout)
+    assert offline["status"] == "unfinished" and offline["counts"]["succeeded"] == len(succeeded)
+    assert offline["counts"]["queued"] == 60 - len(succeeded)
+    plain = shoal("results", "1", env=env)
+    assert plain.stdout.strip() == str(sum(succeeded))
+    assert f"job 1 is unfinished: the partial result of {len(succeeded)} of 60 tasks" in plain.stderr
+    table = shoal("jobs", env=env).stdout
+    assert f"{len(succeeded)}/60" in table.replace(" ", "")
