@@ -25,8 +25,8 @@ SIZE = (120, 30)
 
 async def shoot(out: Path, theme: str, settle: float) -> list[Path]:
     from console.app import build_app
-    from demos.cluster import LocalCluster
     from console.demo import DEMO_JOBS, JOBS_DIR
+    from demos.cluster import LocalCluster
     from engine.api import Engine
     from engine.spec import load_job_file
 

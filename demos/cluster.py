@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")

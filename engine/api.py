@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine import core as c
-from engine import diagnose
-from engine import inputs, live, taskquery
+from engine import diagnose, inputs, live, taskquery
 from engine.control import SOCKET_NAME, ControlServer
 from engine.coordinator import Coordinator, engine_lock
 from engine.discovery import parse_node_address

@@ -26,10 +26,14 @@ import asyncssh
 
 from engine import core as c
 from engine import events as ev
-from engine import inputs
-from engine import live
+from engine import inputs, live
 from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, UnknownHostKey, open_link
 from engine.model import TaskStatus
+from engine.paths import private_file
+from engine.spec import JobSpec
+from engine.store import Store
+from engine.trust import KnownHosts, TrustError, fingerprint
+from engine.views import NodeInfo
 from nodeagent.protocol import (
     Ack,
     Cancel,
@@ -45,11 +49,6 @@ from nodeagent.protocol import (
     Started,
     Undrain,
 )
-from engine.spec import JobSpec
-from engine.store import Store
-from engine.paths import private_file
-from engine.trust import KnownHosts, TrustError, fingerprint
-from engine.views import NodeInfo
 
 log = logging.getLogger("shoal.engine")
 
@@ -143,7 +142,7 @@ class Coordinator:
             if peer.task:
                 try:
                     await asyncio.wait_for(asyncio.shield(peer.task), 2)
-                except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                except (TimeoutError, asyncio.CancelledError, Exception):
                     pass
         self._flush()
         self.bus.close()
@@ -192,7 +191,7 @@ class Coordinator:
             except (UnknownHostKey, HostKeyMismatch, TrustError) as exc:
                 await self._wait_for_trust(peer, exc)
                 continue
-            except (LinkError, OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, LinkError, OSError, asyncssh.Error) as exc:
                 # Exponential backoff with jitter (half to all of the delay),
                 # so many consoles redialing one agent do not arrive in step.
                 pause = delay * (0.5 + random.random() / 2)

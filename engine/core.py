@@ -208,6 +208,7 @@ class EngineCore(Recovery):
         hello = e.hello
         node.agent_id, node.hostname, node.slots = hello.id, hello.hostname, max(1, hello.slots)
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
+        node.drain_ordered = None  # a new session: its hello says what it is
         node.stopping = False
         self.roomy[node.id] = node
         self.awaiting.discard(node.id)
@@ -250,8 +251,14 @@ class EngineCore(Recovery):
             return
         hb = e.heartbeat
         node.load, node.last_seen = hb, e.now
-        if hb.drained != node.drained:
-            node.drained = hb.drained
+        reported = hb.drained
+        if node.drain_ordered is not None:
+            if reported == node.drain_ordered:
+                node.drain_ordered = None
+            else:
+                reported = node.drain_ordered  # sent before our order arrived
+        if reported != node.drained:
+            node.drained = reported
             self.roomy[node.id] = node
             self.out.events.append(ev.NodeChanged(node.id, "up", node.drained, node.slots, node.hostname, node.labels))
         self.out.events.append(
@@ -262,7 +269,7 @@ class EngineCore(Recovery):
         node = self.nodes.get(e.node)
         if node is None:
             return
-        node.drained = True
+        node.drained = node.drain_ordered = True
         self.out.drains.append(DrainOrder(node.id, True))
         moved = 0
         if e.requeue:
@@ -279,7 +286,7 @@ class EngineCore(Recovery):
         node = self.nodes.get(e.node)
         if node is None:
             return
-        node.drained = False
+        node.drained = node.drain_ordered = False
         self.roomy[node.id] = node
         self.out.drains.append(DrainOrder(node.id, False))
         self.out.events.append(ev.NodeChanged(node.id, "up" if node.up else "lost", False, node.slots, node.hostname, node.labels))

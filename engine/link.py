@@ -374,7 +374,7 @@ async def open_link(
     except asyncssh.PermissionDenied:
         reason = "the agent does not accept this console's key (add 'shoal keys' to its authorized keys)"
         raise AuthRefused(f"{where}: {reason}", reason) from None
-    except (asyncssh.DisconnectError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, asyncssh.DisconnectError, OSError) as exc:
         reason = connect_reason(exc, host, check.conn, connect_timeout)
         raise LinkError(f"{where}: {reason}", reason) from None
 
@@ -387,7 +387,7 @@ async def open_link(
         conn.close()
         reason = f"an SSH server, but not a shoal agent (subsystem {SUBSYSTEM!r} refused: {exc.reason or 'no reason given'})"
         raise LinkError(f"{where}: {reason}", reason) from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         conn.close()
         reason = f"no hello from the agent within {connect_timeout:g} s"
         raise LinkError(f"{where}: {reason}", reason) from None

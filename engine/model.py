@@ -158,6 +158,9 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     up: bool = False
     drained: bool = False
+    # The drain state this engine last ordered, until a heartbeat agrees:
+    # a heartbeat sent before the order arrived must not undo it.
+    drain_ordered: bool | None = None
     running: dict[str, Attempt] = field(default_factory=dict)  # live attempts here, by id
     in_flight_slots: int = 0  # the slots of those attempts
     stopping: bool = False  # said it is shutting down: no work until it comes back

@@ -26,6 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
+from nodeagent.procs import FdWatcher, GroupReaper
 from nodeagent.protocol import (
     KIND_CALL,
     KIND_PICKLE,
@@ -38,8 +40,6 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
-from nodeagent.journal import COMPACT_MIN_ENTRIES, Journal
-from nodeagent.procs import FdWatcher, GroupReaper
 from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
 from nodeagent.taskenv import TaskEnvironment
 from nodeagent.tasks import (
@@ -474,6 +474,6 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
         return True
     try:
         await asyncio.wait_for(event.wait(), max(timeout, 0.0))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True

@@ -22,6 +22,8 @@ from typing import Any
 import asyncssh
 import psutil
 
+from nodeagent.consolekeys import ConsoleKeys
+from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.protocol import (
     ERR_PROTOCOL,
     ERR_STATE,
@@ -49,8 +51,6 @@ from nodeagent.protocol import (
     decode_body,
     encode,
 )
-from nodeagent.consolekeys import ConsoleKeys
-from nodeagent.executor import Executor, ExecutorListener
 
 log = logging.getLogger("shoal.agent")
 

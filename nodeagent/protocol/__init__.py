@@ -5,63 +5,159 @@ library only, and nothing else of Shoal. The language-neutral spec is
 
 from __future__ import annotations
 
-from nodeagent.protocol.messages import (
-    PROTOCOL_VERSION as PROTOCOL_VERSION,
-    DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES,
-    KIND_SHELL as KIND_SHELL,
-    KIND_CALL as KIND_CALL,
-    KIND_PICKLE as KIND_PICKLE,
-    TASK_KINDS as TASK_KINDS,
-    OUTCOME_OK as OUTCOME_OK,
-    OUTCOME_ERROR as OUTCOME_ERROR,
-    OUTCOME_TIMEOUT as OUTCOME_TIMEOUT,
-    OUTCOME_CANCELLED as OUTCOME_CANCELLED,
-    OUTCOME_CRASHED as OUTCOME_CRASHED,
-    OUTCOME_LOST as OUTCOME_LOST,
-    OUTCOME_STOPPED as OUTCOME_STOPPED,
-    Outcome as Outcome,
-    RejectCode as RejectCode,
-    OUTCOMES as OUTCOMES,
-    ERR_PROTOCOL as ERR_PROTOCOL,
-    ERR_VERSION as ERR_VERSION,
-    ERR_FRAME_TOO_LARGE as ERR_FRAME_TOO_LARGE,
-    ERR_STATE as ERR_STATE,
-    SHELL_PROGRESS_PREFIX as SHELL_PROGRESS_PREFIX,
-    ProtocolError as ProtocolError,
-    Message as Message,
-    MESSAGE_TYPES as MESSAGE_TYPES,
-    Hello as Hello,
-    TaskSpec as TaskSpec,
-    Run as Run,
-    Cancel as Cancel,
-    Ack as Ack,
-    Started as Started,
-    Drain as Drain,
-    Undrain as Undrain,
-    Rejected as Rejected,
-    Progress as Progress,
-    Output as Output,
-    TaskResult as TaskResult,
-    Finished as Finished,
-    Heartbeat as Heartbeat,
-    Error as Error,
+from nodeagent.protocol.framing import (
+    FrameDecoder as FrameDecoder,
+)
+from nodeagent.protocol.framing import (
+    decode as decode,
+)
+from nodeagent.protocol.framing import (
+    decode_body as decode_body,
 )
 from nodeagent.protocol.framing import (
     encode as encode,
-    encode_many as encode_many,
-    decode_body as decode_body,
-    decode as decode,
-    FrameDecoder as FrameDecoder,
 )
-from nodeagent.protocol.ssh import (
-    SUBSYSTEM as SUBSYSTEM,
-    SSH_KEX_ALGS as SSH_KEX_ALGS,
-    SSH_COMPAT_KEX_ALGS as SSH_COMPAT_KEX_ALGS,
-    SSH_HOST_KEY_ALGS as SSH_HOST_KEY_ALGS,
-    SSH_CIPHERS as SSH_CIPHERS,
-    SSH_MACS as SSH_MACS,
-    skip_cbc_countermeasure as skip_cbc_countermeasure,
+from nodeagent.protocol.framing import (
+    encode_many as encode_many,
 )
 from nodeagent.protocol.mdns import (
     MDNS_SERVICE_TYPE as MDNS_SERVICE_TYPE,
+)
+from nodeagent.protocol.messages import (
+    DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES,
+)
+from nodeagent.protocol.messages import (
+    ERR_FRAME_TOO_LARGE as ERR_FRAME_TOO_LARGE,
+)
+from nodeagent.protocol.messages import (
+    ERR_PROTOCOL as ERR_PROTOCOL,
+)
+from nodeagent.protocol.messages import (
+    ERR_STATE as ERR_STATE,
+)
+from nodeagent.protocol.messages import (
+    ERR_VERSION as ERR_VERSION,
+)
+from nodeagent.protocol.messages import (
+    KIND_CALL as KIND_CALL,
+)
+from nodeagent.protocol.messages import (
+    KIND_PICKLE as KIND_PICKLE,
+)
+from nodeagent.protocol.messages import (
+    KIND_SHELL as KIND_SHELL,
+)
+from nodeagent.protocol.messages import (
+    MESSAGE_TYPES as MESSAGE_TYPES,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_CANCELLED as OUTCOME_CANCELLED,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_CRASHED as OUTCOME_CRASHED,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_ERROR as OUTCOME_ERROR,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_LOST as OUTCOME_LOST,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_OK as OUTCOME_OK,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_STOPPED as OUTCOME_STOPPED,
+)
+from nodeagent.protocol.messages import (
+    OUTCOME_TIMEOUT as OUTCOME_TIMEOUT,
+)
+from nodeagent.protocol.messages import (
+    OUTCOMES as OUTCOMES,
+)
+from nodeagent.protocol.messages import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from nodeagent.protocol.messages import (
+    SHELL_PROGRESS_PREFIX as SHELL_PROGRESS_PREFIX,
+)
+from nodeagent.protocol.messages import (
+    TASK_KINDS as TASK_KINDS,
+)
+from nodeagent.protocol.messages import (
+    Ack as Ack,
+)
+from nodeagent.protocol.messages import (
+    Cancel as Cancel,
+)
+from nodeagent.protocol.messages import (
+    Drain as Drain,
+)
+from nodeagent.protocol.messages import (
+    Error as Error,
+)
+from nodeagent.protocol.messages import (
+    Finished as Finished,
+)
+from nodeagent.protocol.messages import (
+    Heartbeat as Heartbeat,
+)
+from nodeagent.protocol.messages import (
+    Hello as Hello,
+)
+from nodeagent.protocol.messages import (
+    Message as Message,
+)
+from nodeagent.protocol.messages import (
+    Outcome as Outcome,
+)
+from nodeagent.protocol.messages import (
+    Output as Output,
+)
+from nodeagent.protocol.messages import (
+    Progress as Progress,
+)
+from nodeagent.protocol.messages import (
+    ProtocolError as ProtocolError,
+)
+from nodeagent.protocol.messages import (
+    RejectCode as RejectCode,
+)
+from nodeagent.protocol.messages import (
+    Rejected as Rejected,
+)
+from nodeagent.protocol.messages import (
+    Run as Run,
+)
+from nodeagent.protocol.messages import (
+    Started as Started,
+)
+from nodeagent.protocol.messages import (
+    TaskResult as TaskResult,
+)
+from nodeagent.protocol.messages import (
+    TaskSpec as TaskSpec,
+)
+from nodeagent.protocol.messages import (
+    Undrain as Undrain,
+)
+from nodeagent.protocol.ssh import (
+    SSH_CIPHERS as SSH_CIPHERS,
+)
+from nodeagent.protocol.ssh import (
+    SSH_COMPAT_KEX_ALGS as SSH_COMPAT_KEX_ALGS,
+)
+from nodeagent.protocol.ssh import (
+    SSH_HOST_KEY_ALGS as SSH_HOST_KEY_ALGS,
+)
+from nodeagent.protocol.ssh import (
+    SSH_KEX_ALGS as SSH_KEX_ALGS,
+)
+from nodeagent.protocol.ssh import (
+    SSH_MACS as SSH_MACS,
+)
+from nodeagent.protocol.ssh import (
+    SUBSYSTEM as SUBSYSTEM,
+)
+from nodeagent.protocol.ssh import (
+    skip_cbc_countermeasure as skip_cbc_countermeasure,
 )

@@ -3,7 +3,8 @@ stream with a size cap and no ext types."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import msgpack
 

@@ -114,7 +114,7 @@ def _str_list(body: dict[str, Any], name: str, mtype: str) -> list[str]:
 def _str_map(body: dict[str, Any], name: str, mtype: str) -> dict[str, str] | None:
     value = _opt(body, name, dict, mtype)
     if value is not None:
-        for k, v in value.items():
+        for v in value.values():
             if not isinstance(v, str):
                 raise ProtocolError(f"{mtype}: field {name!r} must map strings to strings")
     return cast("dict[str, str] | None", value)

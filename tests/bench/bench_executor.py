@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nodeagent.protocol import TaskResult, TaskSpec  # noqa: E402
 from nodeagent.executor import Executor  # noqa: E402
+from nodeagent.protocol import TaskResult, TaskSpec  # noqa: E402
 
 ACK_EVERY = 4096
 

@@ -208,7 +208,7 @@ async def agent_process(
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             raise
         if not line.startswith(b"shoal agent listening on "):

@@ -8,8 +8,8 @@ import pytest
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 from nodeagent.advertise import addresses_to_advertise, service_name
+from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -220,6 +220,27 @@ def test_heartbeat_updates_load_and_drain_state():
     assert any(type(e).__name__ == "NodeLoad" for e in out.events)
 
 
+def test_a_heartbeat_sent_before_an_undrain_arrived_does_not_drain_the_node_again():
+    def beat(drained: bool) -> c.HeartbeatReceived:
+        hb = Heartbeat(time=1.0, cpu=5, mem=5, load=[0, 0, 0], slots_total=2, slots_busy=0, queued=0, drained=drained)
+        return c.HeartbeatReceived("a", hb, h.now)
+
+    h = Harness()
+    h.node("a", 2)
+    h.step(c.DrainNode("a", False, "op", h.now))
+    h.step(beat(False))  # sent before the drain arrived
+    assert h.core.nodes["a"].drained
+    h.step(beat(True))
+    h.step(c.UndrainNode("a", "op", h.now))
+    h.step(beat(True))  # sent before the undrain arrived
+    assert not h.core.nodes["a"].drained
+    h.step(c.JobSubmitted(1, spec(count=2), h.now))
+    assert len(h.sent["a"]) == 2
+    h.step(beat(False))
+    h.step(beat(True))  # the agent was drained by someone else: believed again
+    assert h.core.nodes["a"].drained
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["ok", "fail", "lose", "tick", "up", "drain", "undrain", "cancel"]), st.integers(0, 2)), max_size=60))
 def test_random_event_sequences_keep_invariants_and_count_each_task_once(steps):

@@ -16,6 +16,13 @@ import cloudpickle
 import psutil
 import pytest
 
+from nodeagent.executor import (
+    REASON_DRAINED,
+    REASON_PICKLE_DISABLED,
+    REASON_QUEUE_FULL,
+    Executor,
+)
+from nodeagent.journal import LOST_ERROR
 from nodeagent.protocol import (
     OUTCOME_CANCELLED,
     OUTCOME_CRASHED,
@@ -28,13 +35,6 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
-from nodeagent.executor import (
-    REASON_DRAINED,
-    REASON_PICKLE_DISABLED,
-    REASON_QUEUE_FULL,
-    Executor,
-)
-from nodeagent.journal import LOST_ERROR
 from nodeagent.shelltask import ProgressFilter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ class Recorder:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def result(self, attempt_id: str) -> TaskResult:

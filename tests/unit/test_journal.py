@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.protocol import OUTCOME_ERROR, OUTCOME_LOST, OUTCOME_OK, TaskResult
 from nodeagent.journal import JOURNAL_FILE, LOST_ERROR, Journal, JournalInUse
+from nodeagent.protocol import OUTCOME_ERROR, OUTCOME_LOST, OUTCOME_OK, TaskResult
 
 OWNER = "console-1"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import asyncssh
@@ -16,7 +15,7 @@ from engine.link import connect_reason
     [
         (socket.gaierror(-2, "Name or service not known"), "cannot resolve the host name 'gpu-box'"),
         (ConnectionRefusedError(111, "Connect call failed"), "connection refused"),
-        (asyncio.TimeoutError(), "no answer within 10 s"),
+        (TimeoutError(), "no answer within 10 s"),
         (asyncssh.ConnectionLost(""), "not an SSH server"),
         (OSError(113, "No route to host"), "no route to host"),
         (OSError(), "OSError"),

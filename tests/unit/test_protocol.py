@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.protocol import (
-    SSH_CIPHERS,
     ERR_FRAME_TOO_LARGE,
     ERR_PROTOCOL,
     KIND_CALL,
@@ -19,6 +18,7 @@ from nodeagent.protocol import (
     KIND_SHELL,
     MESSAGE_TYPES,
     OUTCOMES,
+    SSH_CIPHERS,
     Ack,
     Cancel,
     Drain,
@@ -157,7 +157,7 @@ def test_stream_of_frames_decodes_the_same_however_it_is_cut(batch: list[Message
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     decoder = FrameDecoder()
     out: list[Message] = []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         out.extend(decoder.feed(stream[start:end]))
     assert out == batch
 
