@@ -63,7 +63,7 @@ async def shoot(out: Path, theme: str, settle: float) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m console.screenshot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the SVG files (default docs/)")
+    parser.add_argument("--out", type=Path, default=Path("themes/screenshots"), help="folder for the SVG files (default themes/screenshots/)")
     parser.add_argument("--theme", default="shoal-dark")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds the jobs run before the shots")
     args = parser.parse_args(argv)
