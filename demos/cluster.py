@@ -28,7 +28,7 @@ PR_SET_PDEATHSIG = 1
 ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 if os.getppid() != int(sys.argv[1]):
     sys.exit(0)
-from console.cli import main
+from nodeagent.server import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -54,8 +54,7 @@ class AgentProcess:
     def start(self, authorized_keys: Path, port: int = 0, timeout: float = 20.0) -> None:
         argv = [
             sys.executable,
-            *(["-c", _TIED_AGENT, str(os.getpid())] if self.tied_to_parent else ["-m", "console.cli"]),
-            "agent",
+            *(["-c", _TIED_AGENT, str(os.getpid())] if self.tied_to_parent else ["-m", "nodeagent"]),
             "--listen",
             f"127.0.0.1:{port or self.port}",
             "--authorized-keys",

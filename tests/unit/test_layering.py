@@ -1,6 +1,7 @@
 """The engine and the agent know nothing of the UI; the agent nothing of the engine; the protocol nothing of Shoal."""
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -145,3 +146,12 @@ def test_folders_import_downwards_only():
     assert not wrong, sorted(wrong)
     engine_uses = {t for m, ts in module_graph().items() if m.startswith("engine") for t in ts if t.startswith("nodeagent")}
     assert all(t.startswith("nodeagent.protocol") for t in engine_uses), engine_uses
+
+
+def test_demos_and_engine_never_start_the_console_by_name():
+    """A module run by name in a subprocess (``-m console.cli``, code in a
+    string) is an import the graph above cannot see."""
+    for folder in ("demos", "engine", "nodeagent"):
+        for path in (REPO / folder).rglob("*.py"):
+            found = re.search(r"\bconsole\.cli\b|\bfrom console(\.\w+)* import\b", path.read_text())
+            assert found is None, f"{path} reaches into console/: {found and found.group()}"
