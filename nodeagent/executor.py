@@ -122,6 +122,7 @@ class Executor:
         self._reaper = GroupReaper()
         # What tasks see of the agent: a minimal environment, a directory each.
         self._task_env = task_env if task_env is not None else TaskEnvironment(socket.gethostname())
+        self._python_refused = self._task_env.python_refused
         self._pool = WorkerPool(
             slots,
             self._reaper,
@@ -228,7 +229,7 @@ class Executor:
             if attempt_id in held or attempt_id in unacked:
                 continue
             # The common case, a one-slot call task, is checked inline.
-            if spec.kind != KIND_CALL or spec.slots != 1 or ":" not in (spec.fn or ""):
+            if spec.kind != KIND_CALL or spec.slots != 1 or ":" not in (spec.fn or "") or self._python_refused:
                 refusal = self._refusal(spec)
                 if refusal is not None:
                     refused.append((attempt_id, *refusal))
@@ -264,6 +265,8 @@ class Executor:
                 return RejectCode.BAD_SPEC, "a shell task needs exactly one of a non-empty argv or a shell string"
         else:
             return RejectCode.UNSUPPORTED, f"unknown task kind {kind!r} (known: {', '.join(TASK_KINDS)})"
+        if kind != KIND_SHELL and self._python_refused:
+            return RejectCode.UNSUPPORTED, self._python_refused  # --run-as USER cannot run this Python
         if spec.slots > self._pool.size:
             return RejectCode.UNSUPPORTED, f"task needs {spec.slots} slots, this agent has {self._pool.size}"
         if spec.slots < 1:

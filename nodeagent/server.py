@@ -34,6 +34,7 @@ from nodeagent.executor import Executor, ExecutorListener
 from nodeagent.journal import JournalInUse
 from nodeagent.privatefiles import UnsafeFile, check_strict_modes, write_private
 from nodeagent.protocol import DEFAULT_MAX_FRAME_BYTES, KIND_CALL, KIND_PICKLE, KIND_SHELL
+from nodeagent.runas import RunAs, RunAsError, check_state_dir, python_refusal, resolve_run_as
 from nodeagent.session import AgentIdentity, ConsoleSession, SessionHub
 from nodeagent.taskenv import TaskEnvironment
 
@@ -101,6 +102,7 @@ class AgentConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     compat_kex: bool = False
     agent_id: str | None = None  # None: the id persisted in the state dir
+    run_as: RunAs | None = None  # None: tasks run as the agent's own user (--run-as)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,7 +158,8 @@ boundary). Give only keys you would give a shell. Tasks get a minimal
 environment (PATH, HOME, LANG, TMPDIR, SHOAL_JOB, SHOAL_TASK, SHOAL_ATTEMPT,
 SHOAL_NODE, the job's env, and what --pass-env names) and a directory of their
 own, but they run as this user and can read what this user can read,
-including the agent's host key."""
+including the agent's host key, unless an agent started as root runs them as
+another user with --run-as USER."""
 
 
 def parse_args(argv: list[str]) -> AgentConfig:
@@ -187,6 +190,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="N", help="largest protocol frame accepted (default: %(default)s)")
     parser.add_argument("--compat-kex", action="store_true", help="also offer plain curve25519 key exchange, for older SSH clients (default: post-quantum hybrid only)")
     parser.add_argument("--agent-id", metavar="ID", help="this agent's id (default: one made up once and kept in the state dir)")
+    parser.add_argument("--run-as", metavar="USER", help="an agent started as root runs every task as USER (name or uid: its uid, groups and HOME); the agent keeps root and its host key and journal stay unreadable to tasks (default: tasks run as the agent's user)")
     args = parser.parse_args(argv)
 
     if args.authorized_keys is None:
@@ -219,7 +223,15 @@ def parse_args(argv: list[str]) -> AgentConfig:
         max_frame_bytes=args.max_frame_bytes,
         compat_kex=args.compat_kex,
         agent_id=None if args.agent_id is None else _agent_id_arg(args.agent_id),
+        run_as=None if args.run_as is None else _run_as_arg(args.run_as),
     )
+
+
+def _run_as_arg(text: str) -> RunAs:
+    try:
+        return resolve_run_as(text)
+    except RunAsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --- persistent identity -----------------------------------------------------------
@@ -558,10 +570,21 @@ class Agent:
             console_keys = ConsoleKeys(config.state_dir)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        self.python_refused = ""  # why this agent's tasks' user cannot run call tasks
+        if config.run_as is not None:
+            try:
+                check_state_dir(config.state_dir, config.run_as)
+            except RunAsError as exc:
+                raise UsageError(str(exc)) from None
+            probe_env = TaskEnvironment("", config.pass_env, run_as=config.run_as).base
+            self.python_refused = python_refusal(config.run_as, probe_env)
+            if self.python_refused:
+                log.warning("%s", self.python_refused)
         self.host_key = load_or_create_host_key(config.state_dir)
         self.agent_id = config.agent_id or load_or_create_agent_id(config.state_dir)
         self.gate = ConnectionGate()
-        capabilities = [KIND_SHELL, KIND_CALL] + ([KIND_PICKLE] if config.allow_pickle else [])
+        python_kinds = [] if self.python_refused else [KIND_CALL] + ([KIND_PICKLE] if config.allow_pickle else [])
+        capabilities = [KIND_SHELL, *python_kinds]
         identity = AgentIdentity(
             agent_id=self.agent_id,
             hostname=socket.gethostname(),
@@ -582,7 +605,9 @@ class Agent:
             state_dir=self.config.state_dir,
             allow_pickle=self.config.allow_pickle,
             listener=listener,
-            task_env=TaskEnvironment(self.agent_id, self.config.pass_env),
+            task_env=TaskEnvironment(
+                self.agent_id, self.config.pass_env, run_as=self.config.run_as, python_refused=self.python_refused
+            ),
         )
 
     @property

@@ -21,6 +21,7 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
+from nodeagent.runas import spawn_as
 from nodeagent.taskenv import TaskEnvironment
 
 SHELL_READ_BYTES = 65536
@@ -74,7 +75,11 @@ class ShellRun:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.pid, self._popen = spawn(argv, env, search_path, spec.cwd or self._directory, out_w, err_w)
+            if self._task_env.run_as is None:
+                self.pid, self._popen = spawn(argv, env, search_path, spec.cwd or self._directory, out_w, err_w)
+            else:  # --run-as: a fork that changes credentials before the exec
+                self._popen = spawn_as(self._task_env.run_as, argv, env, self._directory, spec.cwd, out_w, err_w)
+                self.pid = self._popen.pid
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             os.close(out_r)
             os.close(err_r)

@@ -24,6 +24,12 @@ in the agent's state dir.
 
 For the shell fast path the environment is built once per job and env, as
 encoded bytes ready for ``posix_spawn``; a task adds its three variables.
+
+With ``--run-as USER`` (``nodeagent.runas``) tasks run as USER: HOME is
+USER's home, and each task's (and worker's) directory is USER's, 0700,
+inside the agent's directory, which is then root's, 0710 and group USER's
+primary group: USER can reach its own directories by path, nobody else can
+list or enter them, and a task cannot rename its directory away.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # worker processes import this module: it stays light
     from nodeagent.protocol import TaskSpec
+    from nodeagent.runas import RunAs
 
 ENV_CACHE_ENTRIES = 256
 DEFAULT_LANG = "C.UTF-8"
@@ -61,14 +68,18 @@ class TaskEnvironment:
         *,
         environ: Mapping[str, str] | None = None,
         temp_root: str | None = None,
+        run_as: RunAs | None = None,
+        python_refused: str = "",
     ) -> None:
         source = os.environ if environ is None else environ
-        home = source.get("HOME") or _home_of_this_user()
+        home = run_as.home if run_as is not None else source.get("HOME") or _home_of_this_user()
         base = {"PATH": source.get("PATH") or os.defpath, "HOME": home, "LANG": source.get("LANG") or DEFAULT_LANG}
         for name in pass_env:
             if name in source:
                 base[name] = source[name]
         self.node_id = node_id
+        self.run_as = run_as  # None: tasks run as the agent's own user
+        self.python_refused = python_refused  # why call tasks cannot run here, or ""
         self.base: dict[str, str] = base  # a worker's environment, before TMPDIR and SHOAL_*
         self._temp_root = temp_root
         self._root: Path | None = None  # created on first use
@@ -81,10 +92,17 @@ class TaskEnvironment:
 
     def new_directory(self, kind: str) -> str:
         """A fresh 0700 directory for one task (``kind`` "task") or one worker."""
+        run_as = self.run_as
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix=f"shoal-{os.getpid()}-", dir=self._temp_root))
+            root = tempfile.mkdtemp(prefix=f"shoal-{os.getpid()}-", dir=self._temp_root)
+            if run_as is not None:
+                os.chown(root, -1, run_as.gid)
+                os.chmod(root, 0o710)  # USER may pass through to its own directories, not list them
+            self._root = Path(root)
         path = f"{self._root}/{kind}-{next(self._numbers)}"
         os.mkdir(path, 0o700)
+        if run_as is not None:
+            os.chown(path, run_as.uid, run_as.gid)
         return path
 
     def task_directory(self) -> str:
@@ -94,7 +112,8 @@ class TaskEnvironment:
     def release(self, path: str) -> None:
         """A task ended: keep its directory for the next one if the task left
         it empty, else remove it. (Its mode need not be checked: the agent's
-        0700 directory above keeps other users out whatever a task did.)"""
+        directory above keeps other users out whatever a task did, all but
+        the members of USER's group with --run-as.)"""
         try:
             if not os.listdir(path) and not os.path.islink(path):
                 self._clean.append(path)

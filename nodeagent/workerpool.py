@@ -131,6 +131,8 @@ class WorkerPool:
         """Start one worker per slot; return why they did not all get ready, or ""."""
         self._loop = asyncio.get_running_loop()
         self._all_ready = asyncio.Event()
+        if self._task_env.python_refused:
+            return ""  # no workers: the executor refuses Python tasks, shell tasks need none
         for slot in self.slots:
             self._spawn(slot)
         try:

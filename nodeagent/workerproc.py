@@ -82,6 +82,8 @@ class WorkerProcess:
                     start_new_session=True,  # its own process group: a kill takes the task's children too
                     env=helper_env(self._task_env.worker_env(self._directory)),
                     cwd=self._directory,
+                    # --run-as: the worker is the tasks' user from its first instruction
+                    **(self._task_env.run_as.popen_credentials() if self._task_env.run_as else {}),
                 )
             except OSError:
                 self._task_env.remove_directory(self._directory)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
+import shutil
 import stat
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -37,7 +43,7 @@ from nodeagent.protocol import (
     encode,
 )
 from nodeagent.server import load_or_create_host_key, main
-from tests.integration.conftest import shell
+from tests.integration.conftest import REPO, shell
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -445,3 +451,244 @@ def test_second_agent_on_the_same_state_dir_exits_2(tmp_path, authorized_keys, c
         holder.close()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in use" in err
+
+
+# --- --run-as USER: an agent started as root runs its tasks as USER -----------------------------
+
+RUN_AS = "nobody"
+
+
+def _run_as_user() -> Any:
+    if os.geteuid() != 0:
+        pytest.skip(f"--run-as needs an agent started as root, and these tests run as uid {os.geteuid()}")
+    try:
+        return pwd.getpwnam(RUN_AS)
+    except KeyError:
+        pytest.skip(f"no user {RUN_AS!r} on this machine to run tasks as")
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A directory every user may pass through (pytest's own temp dir is 0700
+    root's): a read the task is denied below it is the agent's modes at work."""
+    root = Path(tempfile.mkdtemp(prefix="shoal-run-as-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def run_as_agent(root: Path, *extra: str, python: str = sys.executable) -> AsyncIterator[tuple[Any, Any, Path]]:
+    """A real ``shoal agent --run-as nobody`` process (run by ``python``) and a
+    real engine attached to it: yields (engine, agent process, state dir)."""
+    from engine.api import Engine
+    from engine.trust import load_or_create_console_key, public_key_line
+
+    config_dir, state_dir = root / "console-config", root / "agent-state"
+    keys = root / "authorized_keys"
+    keys.write_text(public_key_line(load_or_create_console_key(config_dir)) + "\n")
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *site_packages])}
+    agent = subprocess.Popen(
+        [python, "-c", "import sys; from nodeagent.server import main; sys.exit(main(sys.argv[1:]))",
+         "--listen", "127.0.0.1:0", "--authorized-keys", str(keys), "--state-dir", str(state_dir),
+         "--no-advertise", "--grace", "1", "--slots", "2", "--run-as", RUN_AS, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+    )  # fmt: skip
+    engine = None
+    try:
+        assert agent.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
+        assert line.startswith(b"shoal agent listening on "), line + agent.communicate(timeout=10)[1]
+        address = line.split()[-1].decode()
+        engine = await Engine.open(root / "console-state", config_dir, nodes=[address], trust_new=True)
+        await engine.wait_for_nodes(1, timeout=30)
+        yield engine, agent, state_dir
+    finally:
+        if engine is not None:
+            await engine.close()
+        if agent.poll() is None:
+            agent.terminate()
+        await asyncio.to_thread(agent.wait, 15)
+
+
+async def test_run_as_tasks_run_as_the_user_and_cannot_read_the_agents_files(open_root):
+    from engine.spec import JobSpec
+
+    user = _run_as_user()
+    readable = open_root / "readable"
+    readable.write_text("open to all\n")
+    async with run_as_agent(open_root) as (engine, agent, state_dir):
+        probes = {
+            "uid": "id -u",
+            "groups": "id -G",
+            "home": 'echo "$HOME"',
+            "directory": "stat -c '%u %a' .",
+            "control": f"cat {readable}",
+            "host key": f"cat {state_dir / 'host_key'}",
+            "journal": f"cat {state_dir / 'results.journal'}",
+            "state dir": f"ls {state_dir}",
+            "signal the agent": f"kill -0 {agent.pid}",
+            "descriptors": 'for f in /proc/$$/fd/*; do readlink "$f"; done; true',
+        }
+        spec = JobSpec(name="run-as probes", kind="shell", shell_template="sh -c {item}", items=list(probes.values()), retries=0)
+        job_id = await engine.submit(spec)
+        assert await engine.wait(job_id, timeout=60) == "failed"  # the denied reads fail, as they must
+        rows = dict(zip(probes, await engine.task_results(job_id), strict=True))
+
+    def out(name: str) -> str:
+        assert rows[name]["status"] == "succeeded", (name, rows[name])
+        return str(rows[name]["stdout"]).strip()
+
+    assert out("uid") == str(user.pw_uid)
+    assert set(out("groups").split()) == {str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid)}
+    assert out("home") == user.pw_dir
+    assert out("directory") == f"{user.pw_uid} 700"  # its working dir is the user's own
+    assert out("control") == "open to all"  # the path to the state dir is open: the modes below do the denying
+    for name in ("host key", "journal", "state dir"):
+        assert rows[name]["status"] == "failed" and "Permission denied" in rows[name]["stderr"], (name, rows[name])
+    assert rows["signal the agent"]["status"] == "failed", rows["signal the agent"]
+    assert "not permitted" in rows["signal the agent"]["stderr"]
+    links = out("descriptors").splitlines()
+    assert len(links) >= 3 and not [link for link in links if str(state_dir) in link or "authorized_keys" in link], links
+    # The agent's own files stay root's and private.
+    assert (state_dir.stat().st_uid, stat.S_IMODE(state_dir.stat().st_mode)) == (0, 0o700)
+    for name in ("host_key", "results.journal"):
+        st = (state_dir / name).stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600), name
+
+
+async def test_run_as_a_jobs_cwd_is_entered_as_the_user(open_root):
+    """Popen's cwd= would chdir as root: a directory the user cannot reach
+    must stay out of reach even when the job names it."""
+    from engine.spec import JobSpec
+
+    _run_as_user()
+    hidden = open_root / "hidden"
+    (hidden / "inside").mkdir(parents=True)
+    hidden.chmod(0o700)
+    (hidden / "inside").chmod(0o755)
+    (hidden / "inside" / "secret").write_text("s3cret\n")
+    async with run_as_agent(open_root) as (engine, _, _):
+        refused = await engine.submit(
+            JobSpec(name="hidden cwd", kind="shell", shell_template="cat secret", items=[0], cwd=str(hidden / "inside"), retries=0)
+        )
+        allowed = await engine.submit(
+            JobSpec(name="open cwd", kind="shell", shell_template="pwd", items=[0], cwd="/", retries=0)
+        )
+        assert await engine.wait(refused, timeout=60) == "failed"
+        assert await engine.wait(allowed, timeout=60) == "succeeded"
+        (denied,) = await engine.task_results(refused)
+        (entered,) = await engine.task_results(allowed)
+    assert denied["exit_code"] == 126 and "s3cret" not in denied["stdout"], denied
+    assert str(hidden / "inside") in denied["stderr"], denied  # the shell's "cd: can't cd to ..."
+    assert entered["stdout"].strip() == "/"
+
+
+def _unreadable_python_refusal() -> str:
+    from nodeagent.runas import python_refusal, resolve_run_as
+
+    user = resolve_run_as(RUN_AS)
+    return python_refusal(user, {"PATH": os.defpath, "HOME": user.home, "LANG": "C.UTF-8"})
+
+
+async def test_run_as_call_tasks_are_refused_as_unsupported_when_the_user_cannot_run_python(open_root):
+    from engine.spec import JobSpec
+
+    _run_as_user()
+    refusal = _unreadable_python_refusal()
+    if not refusal:
+        pytest.skip(f"{RUN_AS} can run {sys.executable} here: see the test that call tasks run as the user")
+    async with run_as_agent(open_root) as (engine, agent, _):
+        alerts = engine.subscribe(kinds=["Alert"])
+        shell_job = await engine.submit(JobSpec(name="shell", kind="shell", shell_template="echo {item}", items=[1]))
+        assert await engine.wait(shell_job, timeout=60) == "succeeded"  # the agent serves shell tasks
+        job_id = await engine.submit(JobSpec(name="calls", kind="call", fn="math:sqrt", items=[4.0]))
+
+        async def refusal_alert() -> Any:
+            async for alert in alerts:
+                if "refused tasks" in alert.message:
+                    return alert
+
+        alert = await asyncio.wait_for(refusal_alert(), 30)
+        await engine.cancel(job_id)
+    assert "refused tasks (unsupported)" in alert.message, alert
+    assert f"{RUN_AS} (--run-as) cannot run {sys.executable}" in alert.message, alert
+    assert "permission denied" in alert.message and f"install Shoal and its Python where {RUN_AS} can read" in alert.message
+    log = agent.stderr.read().decode()
+    assert [line for line in log.splitlines() if "call and pickle tasks cannot run on this agent" in line], log
+
+
+def _python_the_user_can_run() -> str:
+    """An interpreter of this Python version that ``RUN_AS`` can run (a system one), or ""."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if os.path.exists(candidate):
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"], user=RUN_AS, capture_output=True, cwd="/"
+            )
+            if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])).encode():
+                return candidate
+    return ""
+
+
+async def test_run_as_call_tasks_run_as_the_user_where_it_can_run_python(open_root):
+    user = _run_as_user()
+    python = _python_the_user_can_run()
+    if not python:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} here that {RUN_AS} can run")
+    from engine.spec import JobSpec
+
+    async with run_as_agent(open_root, python=python) as (engine, _, state_dir):
+        env_job = await engine.submit(
+            JobSpec(name="env", kind="call", fn="tests.integration.runastasks:identity", items=[0], retries=0)
+        )
+        assert await engine.wait(env_job, timeout=60) == "succeeded"
+        (row,) = await engine.task_results(env_job)
+    uid, gid, groups, home, cwd_owner, links = row["value"]
+    assert (uid, gid, set(groups), home, cwd_owner) == (
+        user.pw_uid, user.pw_gid, set(os.getgrouplist(user.pw_name, user.pw_gid)), user.pw_dir, user.pw_uid
+    )
+    assert not [link for link in links if str(state_dir) in link], links
+
+
+@pytest.mark.parametrize(
+    "user, needle",
+    [("root", "that is root"), ("0", "that is root"), ("no-such-user-shoal", "no such user")],
+)
+def test_run_as_bad_user_exits_2_with_one_line(tmp_path, authorized_keys, capsys, user, needle):
+    argv = ["--authorized-keys", str(authorized_keys), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
+            "--no-advertise", "--run-as", user]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--run-as {user}: {needle}" in err and "Traceback" not in err
+
+
+def test_run_as_by_an_agent_not_started_as_root_exits_2_with_one_line(tmp_path, authorized_keys, capsys, monkeypatch):
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)  # root's test run plays an ordinary user
+    argv = ["--authorized-keys", str(authorized_keys), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
+            "--no-advertise", "--run-as", "nobody"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--run-as nobody: the agent must be started as root" in err
+
+
+def test_run_as_refuses_a_state_dir_the_user_could_read(tmp_path, authorized_keys, capsys):
+    _run_as_user()
+    state = tmp_path / "s"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    argv = ["--authorized-keys", str(authorized_keys), "--state-dir", str(state), "--listen", "127.0.0.1:0",
+            "--no-advertise", "--run-as", RUN_AS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "open to group or others" in err and "chmod 700" in err
+    assert not (state / "host_key").exists()  # refused before any key was written
+
+
+def test_agent_help_gives_run_as_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--run-as USER" in text and "(default: tasks run as the agent's user)" in text

@@ -1,0 +1,151 @@
+"""``shoal agent --run-as USER``: an agent started as root runs its tasks as USER.
+
+Like sshd's privilege separation or Slurm's slurmd, the agent keeps root for
+itself (its state dir, host key and journal stay 0700/0600 root's) and drops
+to USER's uid, gid and supplementary groups (as initgroups gives them) in
+each task's process, between fork and exec. So a task cannot read the
+agent's keys, cannot signal or trace the agent, and its files are USER's.
+
+Shell tasks then start through ``subprocess.Popen(user=, group=,
+extra_groups=)`` rather than posix_spawn, which cannot change credentials
+(a fork instead of a vfork: slower, and paid only by run-as agents). Python
+workers start the same way, if USER can run this interpreter and import
+Shoal at all: ``python_refusal`` finds out once, at agent start, by trying.
+
+Imported by the agent only; workers never need it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodeagent.procs import helper_command, helper_env
+
+PROBE_SECONDS = 30.0  # a cold interpreter on a slow disk can take seconds
+# A job's own cwd is entered by the task itself, once it is USER: Popen's
+# cwd= would chdir as root, before the credentials change, and a process
+# already inside a directory reaches what is below it even when USER could
+# not have walked there (the search permission of the directories above is
+# never checked again). The shell is the smallest thing that can chdir and exec.
+_CHDIR_THEN_EXEC = 'cd -- "$1" || exit 126; shift; exec "$@"'
+
+
+class RunAsError(ValueError):
+    """--run-as cannot be honoured; the text is the one line to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """Who tasks run as: a user's ids as its login would have them."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary groups, as initgroups(3) would set them
+    home: str
+
+    def popen_credentials(self) -> dict[str, Any]:
+        """``subprocess.Popen`` keywords that switch the child to this user."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+def resolve_run_as(text: str, *, euid: int | None = None) -> RunAs:
+    """The user named (or numbered) by ``--run-as``; ``RunAsError`` saying
+    why not when the agent is not root, the user does not exist, or it is root."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        raise RunAsError(
+            f"--run-as {text}: the agent must be started as root to run tasks as another user (it runs as uid {euid})"
+        )
+    try:
+        entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except (KeyError, OverflowError):
+        raise RunAsError(f"--run-as {text}: no such user") from None
+    if entry.pw_uid == 0:
+        raise RunAsError(f"--run-as {text}: that is root; name an unprivileged user for tasks to run as")
+    groups = tuple(dict.fromkeys(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid)))
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir or "/")
+
+
+def check_state_dir(state_dir: Path, user: RunAs) -> None:
+    """Refuse a state dir the tasks' user could read: the host key and the
+    journal are only as private as the directory they live in."""
+    st = os.stat(state_dir)
+    if st.st_uid != os.geteuid():
+        raise RunAsError(
+            f"--run-as {user.name}: state dir {state_dir} is owned by uid {st.st_uid}, not by the agent's user "
+            f"(fix: chown root {state_dir})"
+        )
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise RunAsError(
+            f"--run-as {user.name}: state dir {state_dir} is open to group or others "
+            f"({stat.S_IMODE(st.st_mode):04o}; fix: chmod 700 {state_dir})"
+        )
+
+
+def python_refusal(user: RunAs, base_env: Mapping[str, str]) -> str:
+    """Why ``user`` cannot run Shoal's Python workers here (one line, saying
+    what to do), or "" if it can.
+
+    Tried for real: this interpreter imports the worker module as ``user``,
+    with the sys.path a worker gets, from the filesystem root.
+    """
+    command = helper_command(__name__, "import_worker")
+    interpreter = command[0]
+    real = os.path.realpath(interpreter)
+    if real != interpreter:
+        interpreter = f"{interpreter} (which is {real})"
+    try:
+        proc = subprocess.run(
+            command, env=helper_env(dict(base_env)), cwd="/", stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=PROBE_SECONDS, **user.popen_credentials(),
+        )  # fmt: skip
+        failure = ""
+        if proc.returncode != 0:
+            lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            failure = f"importing Shoal failed: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+    except OSError as exc:
+        failure = f"cannot run {interpreter}: {(exc.strerror or str(exc)).lower()}"
+    except subprocess.TimeoutExpired:
+        failure = f"{interpreter} did not import Shoal within {PROBE_SECONDS:g} s"
+    if not failure:
+        return ""
+    return (
+        f"{user.name} (--run-as) {failure}; so call and pickle tasks cannot run on this agent: "
+        f"install Shoal and its Python where {user.name} can read and run them"
+    )
+
+
+def import_worker() -> None:
+    """The probe's entry point: what a worker imports first."""
+    import nodeagent.worker  # noqa: F401
+
+
+def spawn_as(
+    user: RunAs,
+    argv: list[str],
+    env: Mapping[bytes, bytes],
+    own_directory: str,
+    job_cwd: str | None,
+    stdout_fd: int,
+    stderr_fd: int,
+) -> subprocess.Popen[bytes]:
+    """Start a shell task as ``user``: new session, stdin on /dev/null, in its
+    own directory, or in the job's ``cwd`` entered as ``user``.
+
+    The program is looked up in ``env``'s PATH by the child, as ``user``.
+    Popen's ``close_fds`` leaves the child descriptors 0, 1 and 2 only.
+    """
+    if job_cwd:
+        argv = ["/bin/sh", "-c", _CHDIR_THEN_EXEC, "sh", job_cwd, *argv]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd, cwd=own_directory, env=env,
+        start_new_session=True, close_fds=True, **user.popen_credentials(),
+    )  # fmt: skip
