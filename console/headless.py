@@ -1,7 +1,8 @@
-"""Headless mode: run one job to completion with plain progress on stderr.
+"""Headless mode: run one job to completion with progress on stderr.
 
 A client of the engine's API and event stream, like the TUI. Progress is
-redrawn at most a few times a second, whatever the event rate.
+redrawn at most a few times a second, whatever the event rate: a ``rich``
+live display on a terminal, plain lines otherwise (console/headless_progress.py).
 """
 
 from __future__ import annotations
@@ -10,57 +11,19 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
+from console.headless_progress import LiveProgress, Snapshot, Summary, display_for
 from engine import diagnose
 from engine import events as ev
 from engine.api import Engine
+from engine.interface import EngineAPI
 from engine.spec import JobSpec
+from engine.views import NodeInfo
 
 REDRAW_SECONDS = 0.25
 NO_NODE_GRACE_SECONDS = 15.0
 DEFAULT_WAIT_FOR_NODES = 60.0  # shoal run --wait-for-nodes
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = int(width * done / total) if total else width
-    return "#" * filled + "-" * (width - filled)
-
-
-class Progress:
-    """One status line on a TTY (rewritten in place), periodic lines otherwise."""
-
-    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.quiet = quiet
-        self._last_line = 0.0
-
-    def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + text)
-        else:
-            now = time.monotonic()
-            if now - self._last_line < 2.0:
-                return
-            self._last_line = now
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def message(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def end(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K")
-        if not self.quiet:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def _cause(detail: str) -> str:
@@ -80,9 +43,10 @@ async def run_job(
     """Submit, follow, print the result. Returns the exit code: 0 succeeded,
     1 some task failed, 2 the job cannot run (no node reached within
     ``wait_for_nodes`` seconds, or no node offers its labels or slots)."""
-    out = Progress(sys.stderr, quiet)
+    out = display_for(sys.stderr, quiet)
     events = engine.subscribe()
     started = time.monotonic()
+    nodes_at_start = {n.id: n for n in await engine.nodes()}  # their counts before this job
     resumed = engine.find_unfinished(spec)
     if resumed is not None:
         job_id = resumed
@@ -119,8 +83,9 @@ async def run_job(
                         out.message(f"shoal: node {event.node}{state}: {event.detail}")
                 elif isinstance(event, ev.NodeChanged) and event.state == "up":
                     said.pop(event.node, None)
-            counts = (await engine.job(job_id)).counts
-            done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("cancelled", 0)
+            info = await engine.job(job_id)
+            counts = info.counts
+            done = info.done
             nodes = await engine.nodes()
             nodes_up = sum(1 for n in nodes if n.state in diagnose.REACHED)
             ever_reached = ever_reached or nodes_up > 0
@@ -142,10 +107,7 @@ async def run_job(
                 waiting = "  waiting for nodes: " + (diagnose.unreachable(nodes) or "none known yet")
             elif unmet is not None:
                 waiting = "  waiting: " + unmet[1]
-            out.line(
-                f"{spec.name} [{_bar(done, total)}] {done}/{total}  running {counts.get('running', 0)}"
-                f"  failed {counts.get('failed', 0)}  nodes {nodes_up}  {rate:,.0f}/s{waiting}"
-            )
+            out.show(Snapshot(spec.name, info, nodes, elapsed, waiting), rate)
             if not ever_reached and elapsed > wait_for_nodes:
                 out.end(f"shoal: {diagnose.no_node_reached(nodes, elapsed)} (job {job_id} stays stored: run again to resume it)")
                 return 2
@@ -155,16 +117,23 @@ async def run_job(
                     return 2
     finally:
         events.close()
+        out.close()  # whatever ended the loop, the terminal is left clean
         if not waiter.done():
             waiter.cancel()
     status = waiter.result()
     counts = (await engine.job(job_id)).counts
     result = await engine.result(job_id)
     elapsed = time.monotonic() - started
-    out.end(
+    line = (
         f"{spec.name}: {status} in {elapsed:.1f}s — {counts.get('succeeded', 0)} succeeded,"
         f" {counts.get('failed', 0)} failed, {counts.get('cancelled', 0)} cancelled (job {job_id})"
     )
+    if not isinstance(out, LiveProgress):
+        out.end(line)  # the plain closing line: no need to count retries
+    else:
+        retried = await count_retried(engine, job_id)
+        nodes_now = await engine.nodes()
+        out.finish(Summary(line, status, counts, retried, elapsed, node_counts(nodes_at_start, nodes_now)))
     if as_json:
         report = {
             "job": job_id,
@@ -178,6 +147,32 @@ async def run_job(
     else:
         print(format_result(summarise(result) if summary else result))
     return 0 if status == "succeeded" else 1
+
+
+async def count_retried(engine: EngineAPI, job_id: int, page: int = 1000) -> int:
+    """Tasks of the job that ran more than once: the engine sorts by attempts,
+    so this reads only those (and one row more), a page at a time."""
+    retried, offset = 0, 0
+    while True:
+        rows = (await engine.tasks(job_id, order="attempts", descending=True, offset=offset, limit=page)).rows
+        more = sum(1 for r in rows if r.attempts > 1)
+        retried += more
+        if more < len(rows) or len(rows) < page:
+            return retried
+        offset += page
+
+
+def node_counts(before: dict[str, NodeInfo], after: list[NodeInfo]) -> list[tuple[str, int, int]]:
+    """Per node: attempts that ended there during the job, and of them failed
+    (the engine counts both per node since it started: the difference)."""
+    out = []
+    for node in after:
+        was = before.get(node.id)
+        ran = node.done - (was.done if was else 0)
+        failed = node.failed - (was.failed if was else 0)
+        if ran or node.state in diagnose.REACHED:
+            out.append((node.id, ran, failed))
+    return out
 
 
 def _unfinished_from_same_file(engine: Engine, spec: JobSpec) -> list[int]:
