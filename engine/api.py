@@ -183,15 +183,15 @@ class Engine:
         self, job_id: int, indices: list[int] | None = None, *, failed_only: bool = True, actor: str = "api"
     ) -> int:
         """Failed and cancelled tasks (those of ``indices`` only, if given)
-        back to the queue; with ``failed_only=False`` the whole ended job
-        from scratch. Returns how many tasks were queued."""
+        back to the queue; with ``failed_only=False``, the tasks of
+        ``indices`` whatever their outcome (a succeeded one's new value
+        replaces its old one), or the whole ended job from scratch. Returns
+        how many tasks were queued."""
         total = self._known(job_id)
         if indices is not None:
             bad = [i for i in indices if not 0 <= i < total]
             if bad:
                 raise EngineError(f"job {job_id} has no task {bad[0]} (it has {total})")
-            if not failed_only:
-                raise EngineError("a whole job is resubmitted without indices (or give failed_only=True)")
         try:
             count = self.coordinator.resubmit(job_id, failed_only, actor, indices)
         except (KeyError, ValueError) as exc:

@@ -28,7 +28,7 @@ from engine import core as c
 from engine import events as ev
 from engine import inputs, live
 from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, UnknownHostKey, open_link
-from engine.model import TaskStatus
+from engine.model import TERMINAL, TaskStatus
 from engine.paths import private_file
 from engine.spec import JobSpec
 from engine.store import Store
@@ -303,29 +303,35 @@ class Coordinator:
     def resubmit(
         self, job_id: int, failed_only: bool = True, actor: str = "operator", indices: Collection[int] | None = None
     ) -> int:
-        """Failed and cancelled tasks back to the queue; or, with
-        ``failed_only=False``, the whole job from scratch (once it ended)."""
+        """Ended tasks back to the queue: the failed and cancelled ones (of
+        ``indices`` only, if given); with ``failed_only=False`` those of
+        ``indices`` whatever their outcome, or with no indices the whole job
+        (once it ended). A task keeps its attempt numbers, so it runs again
+        under fresh attempt ids (agents never take an id twice), before or
+        after an engine restart; a succeeded one's value leaves the job's
+        result until its new one arrives. Returns how many were queued."""
         spec = self.store.job_spec(job_id)
         if spec is None:
             raise KeyError(f"no job {job_id}")
+        self.settle()  # outcomes decided so far are in the store the rows come from
         job = self.core.jobs.get(job_id)
-        if not failed_only:
-            if job is not None and job.status.value == "running":
-                raise ValueError(f"job {job_id} is still running; cancel it first or resubmit --failed")
-            self.store.reset_job(job_id)
-            self.core.jobs.pop(job_id, None)
-            self.store.write([], [(time.time(), actor, "resubmit", f"job {job_id}", "whole job")], [])
-            self.operate(inputs.JobSubmitted(job_id, spec, time.time()))
-            return spec.task_count()
+        if not failed_only and indices is None and job is not None and job.status.value == "running":
+            raise ValueError(f"job {job_id} is still running; cancel it first or resubmit --failed")
         if job is None:
             self.core.restore_job(job_id, spec, time.time(), self.store.task_states(job_id), self.store.succeeded_values(job_id))
-        rows = [inputs.ResubmitRow(*row) for row in self.store.rows_with_status(job_id, [TaskStatus.FAILED, TaskStatus.CANCELLED])]
+        statuses = [TaskStatus.FAILED, TaskStatus.CANCELLED] if failed_only else list(TERMINAL)
+        rows = [inputs.ResubmitRow(*row) for row in self.store.rows_with_status(job_id, statuses)]
         if indices is not None:
             wanted = set(indices)
-            rows = [row for row in rows if row[0] in wanted]
-        # Their rows say queued from now on: a terminal row means finished.
-        self.store.requeue_finished(job_id, [row[0] for row in rows])
-        self.operate(inputs.ResubmitTasks(job_id, rows, actor, time.time()))
+            rows = [row for row in rows if row.task_index in wanted]
+        again = {row.task_index for row in rows}
+        reduce_from = None
+        if any(row.status is TaskStatus.SUCCEEDED for row in rows):
+            reduce_from = [(i, value) for i, value in self.store.succeeded_values(job_id) if i not in again]
+        # Their rows say queued from now on (a terminal row means ended), and
+        # the job's says running, so a restarted engine runs them.
+        self.store.requeue_finished(job_id, sorted(again))
+        self.operate(inputs.ResubmitTasks(job_id, rows, actor, time.time(), reduce_from))
         return len(rows)
 
     # --- the flush --------------------------------------------------------------

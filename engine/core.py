@@ -155,6 +155,13 @@ class EngineCore(Recovery):
             job.status = JobStatus.RUNNING
             job.finished_at = 0.0
             self.open_jobs[job.id] = job
+        if e.reduce_from is not None:
+            job.reducer = make_reducer(job.spec.reduce)
+            for index, value in e.reduce_from:
+                try:
+                    job.reducer.add(index, value)
+                except ValueError:
+                    pass  # reported when the value first arrived
         why = Why("resubmitted", e.now)
         for row in e.rows:
             task = Task(job, row.task_index, issued=row.attempts)

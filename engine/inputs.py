@@ -97,13 +97,17 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ResubmitTasks:
-    """Put finished tasks back in the queue. ``rows`` are the stored states
-    of those tasks; the coordinator reads them."""
+    """Put ended tasks back in the queue. ``rows`` are the stored states
+    of those tasks; the coordinator reads them. When a succeeded task is
+    among them, ``reduce_from`` holds the stored values of the job's other
+    succeeded tasks: the job's result is rebuilt from those, so the rerun
+    task's new value replaces its old one instead of adding to it."""
 
     job_id: int
     rows: list[ResubmitRow]
     actor: str
     now: float
+    reduce_from: list[tuple[int, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,20 +246,18 @@ class Store:
             params,
         )
 
-    def reset_job(self, job_id: int) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self._archive_finished("job_id = ?", (job_id,))
-            self.db.execute("DELETE FROM tasks WHERE job_id = ?", (job_id,))
-            self.db.execute("UPDATE jobs SET status = 'running', finished_at = NULL, result = NULL WHERE id = ?", (job_id,))
-
     def requeue_finished(self, job_id: int, indices: Iterable[int]) -> None:
         """Resubmitted tasks are queued again: their rows say so (a restarted
         engine runs them, and a task's row is terminal only while it is
-        finished), and their last attempt joins the timeline."""
+        finished; its ``attempts`` stays, so its next attempt id is a fresh
+        one), their last attempt joins the timeline, and their job runs."""
+        chosen = sorted(indices)
+        if not chosen:
+            return
         with self.db:
             self.db.execute("BEGIN")
-            for chunk in _chunks(sorted(indices), 500):
+            self.db.execute("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?", (job_id,))
+            for chunk in _chunks(chosen, 500):
                 marks = ",".join("?" * len(chunk))
                 where = f"job_id = ? AND idx IN ({marks})"
                 self._archive_finished(where, (job_id, *chunk))

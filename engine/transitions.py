@@ -79,6 +79,7 @@ class TaskStates:
             (S.QUEUED, S.CANCELLED): self._t_cancel,
             (S.FAILED, S.QUEUED): self._t_resubmit,
             (S.CANCELLED, S.QUEUED): self._t_resubmit,
+            (S.SUCCEEDED, S.QUEUED): self._t_resubmit,  # "rerun this task": its value leaves the reducer first
         }
 
     # --- the one place a task's status changes ------------------------------------

@@ -19,14 +19,18 @@ from typing import Any
 import asyncssh
 import pytest
 
+from demos.cluster import LocalCluster
 from engine import core as c
 from engine import inputs
+from engine.api import EngineAPI
+from engine.control import connect
 from engine.coordinator import Coordinator
 from engine.spec import JobSpec, parse_job_text
 from engine.store import Store
 from engine.trust import KnownHosts
 from nodeagent.protocol import Cancel, Message, Run
 from tests.integration.conftest import AgentProcess
+from tests.integration.test_engine import open_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,7 +95,8 @@ async def engine(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[C
 
     yield make
     for coordinator, store in made:
-        await asyncio.wait_for(coordinator.close(), 15)
+        if not coordinator._closing:  # a test may have stopped it (an engine restart)
+            await asyncio.wait_for(coordinator.close(), 15)
         store.close()
 
 
@@ -282,3 +287,103 @@ async def test_refused_speculative_copy_frees_its_nodes_slots(engine: Any, agent
     coordinator.core.validate_state()
     coordinator.operate(inputs.CancelJob(job_id, "operator", time.time()))
     assert await wait_job(coordinator, job_id, timeout=10) == "cancelled"
+
+
+# --- resubmitting a whole job, or chosen tasks of it --------------------------------------------
+
+
+def summing_job(name: str, count: int = 6) -> JobSpec:
+    """Task i prints i + 1: the job's sum is 1 + 2 + ... + count."""
+    items = ", ".join(str(i + 1) for i in range(count))
+    return job(f'name = "{name}"\nshell = "echo {{item}}"\nitems = [{items}]\nreduce = "sum"\n')
+
+
+def stored_rows(coordinator: Coordinator, job_id: int) -> list[tuple[int, str, int]]:
+    """(index, status, attempts) of every stored task row of the job."""
+    return [(r["index"], r["status"], r["attempts"]) for r in coordinator.store.task_results(job_id)]
+
+
+async def test_whole_job_resubmit_issues_fresh_attempt_ids_and_gives_the_exact_result(engine: Any, agent_process: Launch, tmp_path: Path) -> None:
+    a = await agent_process("--slots", "2", state_dir=tmp_path / "a")
+    coordinator = await engine(c.CoreConfig())
+    recorder = Recorder(coordinator)
+    await nodes_up(coordinator, a)
+    job_id = coordinator.submit(summing_job("whole"))
+    assert await wait_job(coordinator, job_id) == "succeeded"
+    first = {aid for _, aid in recorder.runs}
+    assert coordinator.resubmit(job_id, failed_only=False) == 6
+    assert await wait_job(coordinator, job_id, timeout=20) == "succeeded"
+    recorder.assert_no_id_sent_twice()
+    assert len(recorder.runs) == 12 and first < {aid for _, aid in recorder.runs}
+    assert coordinator.job_result(job_id) == 21
+    assert [(i, s) for i, s, _ in stored_rows(coordinator, job_id)] == [(i, "succeeded") for i in range(6)]
+    assert all(attempts == 2 for _, _, attempts in stored_rows(coordinator, job_id))
+    coordinator.core.validate_state()
+
+
+async def test_whole_job_resubmit_after_an_engine_restart_issues_fresh_attempt_ids(engine: Any, agent_process: Launch, tmp_path: Path) -> None:
+    a = await agent_process("--slots", "2", state_dir=tmp_path / "a")
+    first = await engine(c.CoreConfig())
+    before = Recorder(first)
+    await nodes_up(first, a)
+    job_id = first.submit(summing_job("whole-restart"))
+    assert await wait_job(first, job_id) == "succeeded"
+    await asyncio.wait_for(first.close(), 15)
+    second = await engine(c.CoreConfig())  # the same store: a restarted engine
+    after = Recorder(second)
+    await nodes_up(second, a)
+    assert second.resubmit(job_id, failed_only=False) == 6
+    assert await wait_job(second, job_id, timeout=20) == "succeeded"
+    ids = [aid for _, aid in before.runs + after.runs]
+    assert len(ids) == 12 and len(set(ids)) == 12, f"an attempt id issued twice: {sorted(ids)}"
+    assert second.job_result(job_id) == 21
+    assert second.store.jobs(job_id)[0]["status"] == "succeeded"
+    second.core.validate_state()
+
+
+@pytest.fixture(params=["embedded", "attached"])
+async def api_engine(request: Any, tmp_path: Path) -> AsyncIterator[tuple[EngineAPI, Coordinator]]:
+    """(a client's engine API, the coordinator behind it) on one real agent."""
+    with LocalCluster(tmp_path, [2]) as cluster:
+        engine = await open_engine(cluster)
+        remote = await connect(cluster.state_dir) if request.param == "attached" else None
+        try:
+            yield (remote or engine), engine.coordinator
+        finally:
+            if remote is not None:
+                await remote.close()
+            await engine.close()
+
+
+async def test_rerunning_succeeded_tasks_replaces_their_results(api_engine: tuple[EngineAPI, Coordinator], tmp_path: Path) -> None:
+    api, coordinator = api_engine
+    factor = tmp_path / "factor"
+    factor.write_text("1")
+    # Task i prints (i + 1) x factor: the rerun tasks' values change.
+    spec = job(f'name = "rerun"\nshell = "echo $(({{item}} * $(cat {factor})))"\nitems = [1, 2, 3, 4, 5, 6]\nreduce = "sum"\n')
+    recorder = Recorder(coordinator)
+    job_id = await api.submit(spec, actor="test")
+    assert await api.wait(job_id, timeout=30) == "succeeded"
+    assert await api.result(job_id) == 21
+    factor.write_text("10")
+    assert await api.resubmit(job_id, [2, 4], failed_only=False, actor="test") == 2
+    assert await api.wait(job_id, timeout=30) == "succeeded"
+    # 3 and 5 count once each, with their new values: 21 - 3 - 5 + 30 + 50.
+    assert await api.result(job_id) == 93
+    info = await api.job(job_id)
+    assert info.counts["succeeded"] == 6 and sum(info.counts.values()) == 6
+    assert [(i, s) for i, s, _ in stored_rows(coordinator, job_id)] == [(i, "succeeded") for i in range(6)]
+    again = await api.task(job_id, 2)
+    assert [a.outcome for a in again.attempts] == ["succeeded", "succeeded"] and again.value == 30
+    assert len({a.id for a in again.attempts}) == 2
+    untouched = await api.task(job_id, 0)
+    assert [a.outcome for a in untouched.attempts] == ["succeeded"]
+    recorder.assert_no_id_sent_twice()
+    assert len(recorder.runs) == 8
+    # A whole-job rerun from scratch: every task once more, the sum rebuilt.
+    factor.write_text("2")
+    assert await api.resubmit(job_id, failed_only=False, actor="test") == 6
+    assert await api.wait(job_id, timeout=30) == "succeeded"
+    assert await api.result(job_id) == 42
+    recorder.assert_no_id_sent_twice()
+    coordinator.core.validate_state()

@@ -4,7 +4,8 @@ Every input the core takes is a rule: submit, node up (same agent, restarted
 agent), node lost (connection cut, agent killed, agent stopped by SIGTERM),
 heartbeats (or their absence), started, finished with every outcome, every
 reject code, drain and undrain with and without requeue, cancel of a job or
-of some tasks, resubmit of failed and cancelled tasks, ticks that end
+of some tasks, resubmit of failed and cancelled tasks, of chosen ended tasks
+(succeeded ones too) and of a whole ended job, ticks that end
 backoffs and grow stragglers into speculative copies. The agents are modelled
 as the protocol describes them: they hold what they were sent, report a
 cancelled attempt as ``cancelled``, keep results until acked and send them
@@ -32,7 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from engine import core as c
 from engine.inputs import ResubmitRow, TaskRow
-from engine.model import JobStatus, TaskStatus
+from engine.model import TERMINAL, JobStatus, TaskStatus
 from engine.spec import JobSpec, parse_job_text
 from nodeagent.protocol import Heartbeat, Hello, Outcome, RejectCode, TaskResult
 
@@ -74,6 +75,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.agents: dict[str, Agent] = {}
         self.sent: set[str] = set()  # every attempt id ever sent, to any node
         self.rows: dict[tuple[int, int], TaskRow] = {}  # the store: (job, index) -> latest row
+        self.rerun: set[tuple[int, int]] = set()  # succeeded tasks resubmitted, whose row goes back to queued
         self.specs: dict[int, JobSpec] = {}
         self.next_job = 1
         self.restarts = 0
@@ -88,7 +90,11 @@ class CoreMachine(RuleBasedStateMachine):
             key = (row.job_id, row.task_index)
             before = self.rows.get(key)
             if before is not None:
-                assert before.status != TaskStatus.SUCCEEDED, f"task {key} recorded again after it succeeded: {row}"
+                rerun = before.status == TaskStatus.SUCCEEDED and key in self.rerun
+                assert before.status != TaskStatus.SUCCEEDED or rerun, f"task {key} recorded again after it succeeded: {row}"
+                if rerun:
+                    assert row.status == TaskStatus.QUEUED, f"task {key}: rerun, but stored as {row.status}"
+                    self.rerun.discard(key)
                 assert row.attempts >= before.attempts, f"task {key}: stored attempt number went back"
             self.rows[key] = row
         for node, specs in out.runs.items():
@@ -124,6 +130,21 @@ class CoreMachine(RuleBasedStateMachine):
     def valid(self) -> None:
         if hasattr(self, "core"):
             self.core.validate_state()
+
+    @invariant()
+    def each_success_counted_once(self) -> None:
+        """Every job's count and reduced result (a sum of ones) equal its
+        succeeded rows in the store: a rerun success replaces the old one."""
+        if not hasattr(self, "core"):
+            return
+        succeeded: dict[int, int] = {}
+        for (job_id, _), row in self.rows.items():
+            if row.status == TaskStatus.SUCCEEDED:
+                succeeded[job_id] = succeeded.get(job_id, 0) + 1
+        for job in self.core.jobs.values():
+            stored = succeeded.get(job.id, 0)
+            assert job.counts[TaskStatus.SUCCEEDED] == stored, f"job {job.id}: {job.counts[TaskStatus.SUCCEEDED]} succeeded, {stored} stored"
+            assert (job.reducer.result() or 0) == stored, f"job {job.id}: reduced {job.reducer.result()}, {stored} succeeded"
 
     # --- jobs --------------------------------------------------------------------
 
@@ -167,13 +188,29 @@ class CoreMachine(RuleBasedStateMachine):
         self.step(c.CancelJob(job_id, "op", self.now, indices))
 
     @precondition(lambda self: self.core.jobs)
-    @rule(data=st.data())
-    def resubmit(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), which=st.sampled_from(["failed", "chosen", "chosen", "whole"]))
+    def resubmit(self, data: st.DataObject, which: str) -> None:
+        """As the coordinator does it: the failed and cancelled tasks, or
+        chosen ended tasks whatever their outcome (the operator's "rerun this
+        task"), or every task of an ended job. A succeeded task's value
+        leaves the reducer, which is rebuilt from the other stored values."""
         job_id = data.draw(st.sampled_from(sorted(self.core.jobs)))
-        rows = [ResubmitRow(row.task_index, TaskStatus(row.status), row.attempts)
-                for (j, _), row in sorted(self.rows.items())
-                if j == job_id and row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
-        self.step(c.ResubmitTasks(job_id, rows, "op", self.now))
+        if which == "whole" and self.core.jobs[job_id].status is JobStatus.RUNNING:
+            return  # refused: cancel it first
+        ended = [row for (j, _), row in sorted(self.rows.items()) if j == job_id and row.status in TERMINAL]
+        if which == "failed":
+            ended = [row for row in ended if row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
+        elif which == "chosen" and ended:
+            wanted = set(data.draw(st.lists(st.sampled_from([row.task_index for row in ended]), min_size=1, max_size=3)))
+            ended = [row for row in ended if row.task_index in wanted]
+        again = {row.task_index for row in ended}
+        reduce_from = None
+        if any(row.status == TaskStatus.SUCCEEDED for row in ended):
+            reduce_from = [(row.task_index, row.value) for (j, _), row in sorted(self.rows.items())
+                           if j == job_id and row.status == TaskStatus.SUCCEEDED and row.task_index not in again]
+            self.rerun.update((job_id, i) for i in again)
+        rows = [ResubmitRow(row.task_index, TaskStatus(row.status), row.attempts) for row in ended]
+        self.step(c.ResubmitTasks(job_id, rows, "op", self.now, reduce_from))
 
     # --- nodes -------------------------------------------------------------------
 
