@@ -5,6 +5,11 @@ against the pinned one BEFORE authenticating, opens the subsystem, says hello
 and returns an ``AgentLink`` once the agent has answered. The link moves
 ``nodeagent.protocol`` messages: ``send_many`` is one channel write for a whole
 batch, ``recv_many`` hands over everything decoded so far in one await.
+
+A big value comes in ``value`` frames ahead of its result; the link puts the
+pieces together (``ValueAssembly``) and hands on the ``finished`` frame with
+the whole value in it, so nothing above the link sees pieces. Pieces die
+with the link: after a reconnect the agent sends the value again, whole.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import asyncssh
+import msgpack
 
+from engine.spec import MAX_MAX_RESULT
 from nodeagent import protocol
 from nodeagent.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -23,10 +31,13 @@ from nodeagent.protocol import (
     PROTOCOL_VERSION,
     SUBSYSTEM,
     Error,
+    Finished,
     FrameDecoder,
     Hello,
     Message,
     ProtocolError,
+    TaskResult,
+    Value,
     decode_body,
     encode,
     encode_many,
@@ -45,6 +56,67 @@ WINDOW_SIZE = 8 * 1024 * 1024
 # (the SSH window then pushes back on the agent).
 RECV_HIGH_WATER = 50_000
 RECV_LOW_WATER = 10_000
+
+
+# Bytes of values being put together on one link at a time: an agent sends
+# one value at a time, and no job allows one over MAX_MAX_RESULT (plus the
+# few bytes of its msgpack header).
+MAX_ASSEMBLING_BYTES = MAX_MAX_RESULT + 16
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"a value holds msgpack ext type {code}, which is not allowed")
+
+
+class ValueAssembly:
+    """Values arriving in pieces, per attempt, until their results come."""
+
+    def __init__(self, max_bytes: int = MAX_ASSEMBLING_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._parts: dict[str, bytearray] = {}
+        self._held = 0  # bytes in self._parts
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, piece: Value) -> None:
+        buf = self._parts.get(piece.id)
+        have = 0 if buf is None else len(buf)
+        if piece.offset != have:
+            raise ProtocolError(f"value: piece of {piece.id!r} at byte {piece.offset}, expected byte {have}")
+        if self._held + len(piece.data) > self._max_bytes:
+            raise ProtocolError(f"value: more than {self._max_bytes} bytes of values pending")
+        if buf is None:
+            self._parts[piece.id] = bytearray(piece.data)
+        else:
+            buf += piece.data
+        self._held += len(piece.data)
+
+    def complete(self, finished: Finished) -> Finished:
+        """``finished`` with each streamed value in place; a result without
+        one drops whatever pieces came for its attempt."""
+        results: list[TaskResult] | None = None
+        for i, result in enumerate(finished.results):
+            if not result.value_size and not self._parts:
+                continue  # the common case: no value in pieces at all
+            buf = self._parts.pop(result.id, None)
+            if buf is not None:
+                self._held -= len(buf)
+            if not result.value_size:
+                continue  # e.g. the agent could not send it whole and says so
+            if buf is None or len(buf) != result.value_size:
+                got = 0 if buf is None else len(buf)
+                raise ProtocolError(f"finished: value of {result.id!r} is {result.value_size} bytes, got {got}")
+            try:
+                value = msgpack.unpackb(buf, strict_map_key=True, ext_hook=_no_ext, raw=False)
+            except ProtocolError:
+                raise
+            except Exception as exc:
+                raise ProtocolError(f"finished: value of {result.id!r} is not one msgpack value: {exc}") from None
+            if results is None:
+                results = list(finished.results)
+            results[i] = replace(result, value=value, value_size=0)
+        return finished if results is None else Finished(results=results)
 
 
 class LinkError(Exception):
@@ -172,6 +244,7 @@ class AgentLink:
         self.close_reason: str | None = None
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._values = ValueAssembly()
         self._inbox: deque[Message] = deque()
         self._arrived = asyncio.Event()
         self._writable = asyncio.Event()
@@ -219,7 +292,12 @@ class AgentLink:
         try:
             for obj in self._decoder.feed_raw(data):
                 message = decode_body(obj)
-                if isinstance(message, Error):
+                if isinstance(message, Finished):
+                    message = self._values.complete(message)
+                elif isinstance(message, Value):
+                    self._values.add(message)
+                    continue
+                elif isinstance(message, Error):
                     # The agent closes right after; say why when it does.
                     self._peer_error = f"agent error {message.code}: {message.message}"
                 self._inbox.append(message)

@@ -37,7 +37,9 @@ Options (defaults): ``reduce`` (none; see ``engine.reducers``), ``retries`` (3),
 "1h30m", "2d" or seconds), ``priority`` (0, higher first), ``slots`` (1 per task),
 ``labels`` (node labels required, table of strings), ``env`` (table of strings),
 ``cwd``, ``max_node_failures`` (3: a task whose node died this often is poison and
-fails), ``speculative`` (false: re-run stragglers on a second node).
+fails), ``speculative`` (false: re-run stragglers on a second node), ``max_result``
+("16MiB": the most a task's value may take, its stdout or its encoded return value;
+"64MiB", "1.5GB" or a number of bytes, at most 512 MiB; a bigger value fails the task).
 
 Every mistake is one ``SpecError`` sentence naming the file, the line and the field::
 
@@ -67,12 +69,14 @@ from typing import Any, ClassVar
 
 from engine.reducers import ReducerError, reducer_factory
 from engine.shellquote import UnsafePlaceholder, check_template, shell_script_index
-from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
+from nodeagent.protocol import DEFAULT_MAX_RESULT, KIND_CALL, KIND_PICKLE, KIND_SHELL, TASK_KINDS
 
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF_BASE = 1.0
 DEFAULT_BACKOFF_CAP = 60.0
 DEFAULT_MAX_NODE_FAILURES = 3
+# The store keeps a value in one SQLite blob (at most 1e9 bytes by default).
+MAX_MAX_RESULT = 512 * 1024 * 1024
 
 
 class SpecError(ValueError):
@@ -124,6 +128,35 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, str) and _DURATION.fullmatch(value):
         return sum(float(amount) * _UNIT_SECONDS[unit] for amount, unit in re.findall(_DURATION_PART, value))
     raise ValueError(f'expected a duration like "30s", got {_show(value)}')
+
+
+# --- sizes ---------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30,
+               "kb": 1000, "mb": 1000**2, "gb": 1000**3}  # fmt: skip
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from "64MiB", "512 KiB", "1.5GB", "100b" or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f'expected a size like "64MiB" or a number of bytes, got {_show(value)}')
+
+
+def _check_size(name: str, value: Any, maximum: int) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise SpecError(str(exc), name) from None
+    if not 1 <= size <= maximum:
+        raise SpecError(f"must be 1 byte to {maximum // (1 << 20)} MiB, got {_show(value)}", name)
+    return size
 
 
 # --- templates ----------------------------------------------------------------------
@@ -239,6 +272,7 @@ class JobSpec:
     reduce: str | None = None
     max_node_failures: int = DEFAULT_MAX_NODE_FAILURES
     speculative: bool = False
+    max_result: int = DEFAULT_MAX_RESULT  # bytes a task's value may take; "64MiB" is read too
     source: str | None = None  # the job file, for messages
 
     # Compiled once, so task_fields is a dict copy and a format call.
@@ -276,6 +310,7 @@ class JobSpec:
             raise SpecError(f"must be at least the base ({self.backoff_base:g}s), got {self.backoff_cap:g}s", "backoff_cap")
         if self.timeout is not None:
             set_(self, "timeout", _check_seconds("timeout", self.timeout, allow_zero=False))
+        set_(self, "max_result", _check_size("max_result", self.max_result, MAX_MAX_RESULT))
         if not isinstance(self.speculative, bool):
             raise SpecError(f"expected true or false, got {_show(self.speculative)}", "speculative")
         try:
@@ -342,6 +377,8 @@ class JobSpec:
             static["timeout"] = self.timeout
         if self.slots != 1:
             static["slots"] = self.slots
+        if self.max_result != DEFAULT_MAX_RESULT:
+            static["max_result"] = self.max_result
         set_(self, "_static", static)
 
     # --- per task -------------------------------------------------------------------
@@ -422,6 +459,7 @@ class JobSpec:
 TOP_LEVEL_KEYS = (
     "name", "command", "shell", "function", "args", "kwargs", "items", "count", "reduce", "retries",
     "backoff", "timeout", "priority", "slots", "labels", "env", "cwd", "max_node_failures", "speculative",
+    "max_result",
 )  # fmt: skip
 ITEM_SOURCES = ("range", "glob", "lines")
 BACKOFF_KEYS = ("base", "cap")
@@ -567,7 +605,8 @@ def _spec_from_document(doc: dict[str, Any], source: str, base_dir: Path) -> Job
         out["timeout"] = _duration_field("timeout", doc["timeout"])
     if isinstance(doc.get("cwd"), str) and doc["cwd"]:
         out["cwd"] = os.path.abspath(os.path.join(base_dir, doc["cwd"]))
-    for key in ("reduce", "retries", "priority", "slots", "labels", "env", "cwd", "max_node_failures", "speculative"):
+    for key in ("reduce", "retries", "priority", "slots", "labels", "env", "cwd", "max_node_failures", "speculative",
+                "max_result"):  # fmt: skip
         if key in doc:
             out.setdefault(key, doc[key])
     spec = JobSpec(**out)

@@ -42,6 +42,7 @@ from nodeagent.protocol import (
 )
 from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
 from nodeagent.taskenv import TaskEnvironment
+from nodeagent.values import ShellValue
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
     Done,
@@ -119,6 +120,7 @@ class Executor:
         self._tail_bytes = output_tail_bytes
         self._listener: ExecutorListener = listener if listener is not None else _NoListener()
         self._journal = Journal(state_dir, compact_min_entries=journal_compact_entries)
+        self._shell_values = 0  # names the spool parts of shell values being written
         self._reaper = GroupReaper()
         # What tasks see of the agent: a minimal environment, a directory each.
         self._task_env = task_env if task_env is not None else TaskEnvironment(socket.gethostname())
@@ -132,6 +134,7 @@ class Executor:
             on_output=self._task_output,
             on_settled=self._settle,
             on_requeue=self._requeue,
+            values_dir=self._journal.values_dir,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: FdWatcher | None = None  # shell tasks' pipes and exit watches
@@ -307,6 +310,10 @@ class Executor:
     def unacked(self, owner: str) -> list[TaskResult]:
         return self._journal.unacked(owner)
 
+    def value_path(self, owner: str, attempt_id: str) -> Path:
+        """The spool file of an unacked result's value (one with a ``value_size``)."""
+        return self._journal.value_path(owner, attempt_id)
+
     def holding(self, owner: str) -> list[str]:
         return list(self._held.get(owner, ()))
 
@@ -389,15 +396,21 @@ class Executor:
     def _start_shell(self, task: Task) -> None:
         assert self._loop is not None
         assert self._readers is not None
+        # The value is the whole stdout, kept apart from the display tail; up
+        # to the tail's size the tail is the whole of it and nothing is spilled.
+        self._shell_values += 1
+        value = ShellValue(
+            self._journal.values_dir, f"s{self._shell_values}", inline=self._tail_bytes, limit=task.spec.max_result
+        )
         run = ShellRun(
             task.spec,
             self._loop,
             self._readers,
             self._reaper,
             self._task_env,
-            on_output=partial(self._task_output, task),
+            on_output=partial(self._shell_output, task, value),
             on_progress=partial(self._task_progress, task),
-            on_exit=partial(self._shell_exited, task),
+            on_exit=partial(self._shell_exited, task, value),
         )
         error = run.start()
         if error:
@@ -415,11 +428,18 @@ class Executor:
             task.kill = timeout_kill(task.spec.timeout)
         run.kill()
 
-    def _shell_exited(self, task: Task, returncode: int) -> None:
+    def _shell_output(self, task: Task, value: ShellValue, stream: str, data: bytes) -> None:
+        if stream == "stdout":
+            value.add(data)
+        self._task_output(task, stream, data)
+
+    def _shell_exited(self, task: Task, value: ShellValue, returncode: int) -> None:
         run = self._shells.pop(task)
         task.release()
         stdout, stderr = task.tails()
-        result = shell_result(task.id, returncode, task.kill, started=run.started, stdout=stdout, stderr=stderr)
+        result, task.value_part = shell_result(
+            task.id, returncode, task.kill, started=run.started, stdout=stdout, stderr=stderr, value=value
+        )
         self._settle([(task, result)])
 
     # --- what running tasks report -----------------------------------------------------
@@ -451,7 +471,7 @@ class Executor:
             return
         journal = self._journal
         for task, result in done:
-            journal.record(task.owner, result)
+            journal.record(task.owner, result, task.value_part)
         journal.flush()
         held = self._held
         listener = self._listener

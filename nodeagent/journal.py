@@ -13,6 +13,12 @@ load. An accepted id with no result when the journal is opened belonged to a
 task that was queued or running when the agent died: it becomes a ``lost``
 result. When most entries are acked the file is rewritten with only the live
 ones (atomically: a temp file renamed over it).
+
+A value too big to ride in its result lives in a spool file in ``values/``
+(``nodeagent.values``): renamed into place before its result's record is
+written, unlinked once the ack's record is written. At open, a spool file no
+live result names is removed, and a live result whose file is missing or cut
+short becomes an ``error`` result: a value is whole or not at all.
 """
 
 from __future__ import annotations
@@ -22,18 +28,21 @@ import logging
 import os
 import time
 from collections.abc import Container
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from nodeagent.protocol import OUTCOME_LOST, TaskResult
+from nodeagent.protocol import OUTCOME_ERROR, OUTCOME_LOST, TaskResult
+from nodeagent.values import PART_SUFFIX, VALUE_SUFFIX, VALUES_DIR, spool_name
 
 log = logging.getLogger("shoal.agent.journal")
 
 JOURNAL_FILE = "results.journal"
 LOCK_FILE = "agent.lock"
 LOST_ERROR = "agent restarted while the task ran"
+SPOOL_GONE_ERROR = "the agent lost the value's spool file"
 
 REC_ACCEPTED = 1
 REC_RESULT = 2
@@ -53,6 +62,7 @@ class Journal:
     def __init__(self, state_dir: Path, *, compact_min_entries: int = COMPACT_MIN_ENTRIES) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / JOURNAL_FILE
+        self.values_dir = self.state_dir / VALUES_DIR
         self._compact_min_entries = compact_min_entries
         self._results: dict[str, dict[str, TaskResult]] = {}  # owner -> attempt id -> result, unacked
         self._accepted: dict[str, set[str]] = {}  # owner -> attempt ids with no result yet
@@ -61,6 +71,7 @@ class Journal:
         self._fd = -1
         self._lock_fd = -1
         self._entries = 0  # ids the file mentions; compared with the live ones to decide a rewrite
+        self._unlink: list[Path] = []  # spool files of acked results, removed once the ack is written
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -77,6 +88,8 @@ class Journal:
             raise JournalInUse(f"state dir {self.state_dir} is in use by another agent") from None
         self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._check_spooled()
+        self._sweep_spool()
         lost = self._mark_lost()
         self.flush()
         self._maybe_compact()
@@ -98,9 +111,14 @@ class Journal:
         self._entries += len(ids)
         self._buffer.append(self._pack((REC_ACCEPTED, owner, ids)))
 
-    def record(self, owner: str, result: TaskResult) -> None:
+    def record(self, owner: str, result: TaskResult, part: Path | None = None) -> None:
+        """Journal ``result``; ``part`` is the spool file of its value, when
+        that is too big for the record (``result.value_size`` says how big)."""
         # On the hot path (once per task): no helper calls, positional fields.
         attempt_id = result.id
+        if part is not None:
+            # In place before the record that names it can reach the file.
+            os.replace(part, self.values_dir / spool_name(owner, attempt_id))
         accepted = self._accepted.get(owner)
         if accepted:
             accepted.discard(attempt_id)
@@ -111,13 +129,22 @@ class Journal:
         self._entries += 1
         r = result
         record = (REC_RESULT, owner, attempt_id, r.outcome, r.value, r.error, r.traceback)
-        self._buffer.append(self._pack(record + (r.exit_code, r.signal, r.started, r.ended, r.stdout, r.stderr)))
+        record += (r.exit_code, r.signal, r.started, r.ended, r.stdout, r.stderr)
+        if r.value_size:
+            record += (r.value_size,)
+        self._buffer.append(self._pack(record))
 
     def ack(self, owner: str, ids: list[str]) -> None:
         results = self._results.get(owner)
         if results is None:
             return
-        gone = [attempt_id for attempt_id in ids if results.pop(attempt_id, None) is not None]
+        gone: list[str] = []
+        for attempt_id in ids:
+            result = results.pop(attempt_id, None)
+            if result is not None:
+                gone.append(attempt_id)
+                if result.value_size:
+                    self._unlink.append(self.value_path(owner, attempt_id))
         if not gone:
             return  # duplicate or unknown: nothing to forget
         self._entries += len(gone)
@@ -130,6 +157,14 @@ class Journal:
         data = b"".join(self._buffer)
         self._buffer.clear()
         _write_all(self._fd, data)
+        if self._unlink:
+            # The acks are written: those values are no longer needed.
+            for path in self._unlink:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            self._unlink.clear()
 
     # --- reads -----------------------------------------------------------------------
 
@@ -139,6 +174,10 @@ class Journal:
     def has_result(self, owner: str, attempt_id: str) -> bool:
         results = self._results.get(owner)
         return results is not None and attempt_id in results
+
+    def value_path(self, owner: str, attempt_id: str) -> Path:
+        """Where the spooled value of a result with a ``value_size`` is."""
+        return self.values_dir / spool_name(owner, attempt_id)
 
     def unacked_ids(self, owner: str) -> Container[str]:
         """A live view, for membership tests: do not keep it across writes."""
@@ -179,6 +218,36 @@ class Journal:
         for attempt_id in ids:
             results.pop(attempt_id, None)
         self._entries += len(ids)
+
+    def _check_spooled(self) -> None:
+        """A live result whose spool file is missing or short fails loudly."""
+        for owner, results in self._results.items():
+            for result in list(results.values()):
+                if not result.value_size:
+                    continue
+                try:
+                    size = os.stat(self.value_path(owner, result.id)).st_size
+                except OSError:
+                    size = -1
+                if size != result.value_size:
+                    log.error("journal: the value of %s (%d bytes) is gone from %s", result.id, result.value_size, self.values_dir)
+                    self.record(owner, replace(result, outcome=OUTCOME_ERROR, error=SPOOL_GONE_ERROR, value_size=0))
+
+    def _sweep_spool(self) -> None:
+        """Remove spool files no live result names: parts of values whose
+        result was never recorded, and values acked before a crash."""
+        try:
+            names = os.listdir(self.values_dir)
+        except FileNotFoundError:
+            self.values_dir.mkdir(mode=0o700)
+            return
+        live = {spool_name(owner, r.id) for owner, results in self._results.items() for r in results.values() if r.value_size}
+        for name in names:
+            if name.endswith(PART_SUFFIX) or (name.endswith(VALUE_SUFFIX) and name not in live):
+                try:
+                    os.unlink(self.values_dir / name)
+                except OSError as exc:
+                    log.warning("journal: cannot remove %s: %s", self.values_dir / name, exc)
 
     def _mark_lost(self) -> int:
         now = time.time()
@@ -222,7 +291,7 @@ class Journal:
 
 def _fields(result: TaskResult) -> tuple[Any, ...]:
     # Positional, in TaskResult's field order: no key names per record.
-    return (
+    fields = (
         result.id,
         result.outcome,
         result.value,
@@ -235,6 +304,7 @@ def _fields(result: TaskResult) -> tuple[Any, ...]:
         result.stdout,
         result.stderr,
     )
+    return fields + (result.value_size,) if result.value_size else fields
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -24,6 +24,7 @@ import psutil
 
 from nodeagent.consolekeys import ConsoleKeys
 from nodeagent.executor import Executor, ExecutorListener
+from nodeagent.valuesend import ValueSender
 from nodeagent.protocol import (
     ERR_PROTOCOL,
     ERR_STATE,
@@ -66,6 +67,10 @@ MAX_PENDING_OUTPUT_BYTES = 1024 * 1024
 # console's last result, a refusal or a heartbeat goes at once, so an idle
 # cluster's latency is untouched; the engine's prefetch covers the wait.
 COALESCE_SECONDS = 0.050
+# Chunks of spooled values per write: the channel pauses writing while they
+# go out, so a big value streams at the window's pace without starving the
+# other frames or piling up in memory.
+VALUE_CHUNKS_PER_WRITE = 2
 
 # Message types a console may send; anything else from a console is a
 # protocol error, while one of these at the wrong moment is a state error.
@@ -226,6 +231,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         self._output: list[Output] = []
         self._output_bytes = 0
         self._finished: list[TaskResult] = []
+        self._values = ValueSender(lambda attempt_id: hub.executor.value_path(self.owner, attempt_id))
         self._heartbeat: Heartbeat | None = None
 
     # --- asyncssh callbacks ----------------------------------------------------
@@ -267,6 +273,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._chan = None
+        self._values.close()
         if self.owner:
             self._hub.detach(self)
         self._on_close()
@@ -330,7 +337,8 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         # The hello goes out first, ahead of anything coalesced; the journal's
         # unacked results follow in the same flush.
         self._write(encode(reply))
-        self._finished.extend(executor.unacked(self.owner))
+        for result in executor.unacked(self.owner):
+            (self._values.add if result.value_size else self._finished.append)(result)
         self._heartbeat = self._hub.heartbeat_now()
         self._schedule_flush()
         log.info("console %s connected", self.owner)
@@ -389,6 +397,10 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         self._schedule_flush(urgent=False)
 
     def queue_finished(self, result: TaskResult) -> None:
+        if result.value_size:  # its value waits in a spool file: it goes out in pieces
+            self._values.add(result)
+            self._schedule_flush()
+            return
         self._finished.append(result)
         if self._hub.executor.holds_any(self.owner):
             self._schedule_flush(urgent=False)
@@ -449,9 +461,13 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         if self._heartbeat is not None:
             parts.append(encode(self._heartbeat))
             self._heartbeat = None
+        if self._values:
+            parts.extend(self._values.frames(VALUE_CHUNKS_PER_WRITE))
         if parts:
             self._write(b"".join(parts))
             self._last_write = self._loop.time()
+        if self._values and not self._paused:
+            self._schedule_flush()  # the channel still takes more: the next chunks
 
     def _finished_frames(self, results: list[TaskResult]) -> list[bytes]:
         frames: list[bytes] = []
@@ -489,8 +505,21 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         ]
 
     def _write(self, data: bytes) -> None:
-        if self._chan is not None and not self._closing:
+        if self._chan is None or self._closing:
+            return
+        try:
             self._chan.write(data)
+        except (BrokenPipeError, ConnectionError, asyncssh.Error) as exc:
+            # The console closed the channel while this end could not see it
+            # (e.g. the agent was stopped with SIGSTOP and the console gave
+            # up on it): asyncssh knows before connection_lost has run. A
+            # closed channel is a closed session; what was being written is
+            # results still in the journal, sent again on the next hello.
+            log.info(
+                "console %s: channel closed (%s); its results stay journaled for its next connection",
+                self.owner or "?", exc or type(exc).__name__,
+            )
+            self.close()
 
     # --- closing --------------------------------------------------------------
 

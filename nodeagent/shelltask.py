@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, watch_exit
@@ -23,6 +25,7 @@ from nodeagent.protocol import (
 )
 from nodeagent.runas import spawn_as
 from nodeagent.taskenv import TaskEnvironment
+from nodeagent.values import ShellValue, over_limit_error
 
 SHELL_READ_BYTES = 65536
 MAX_PROGRESS_LINE = 4096
@@ -266,8 +269,41 @@ def shell_result(
     started: float,
     stdout: bytes,
     stderr: bytes,
+    value: ShellValue | None = None,
+) -> tuple[TaskResult, Path | None]:
+    """A shell task's result from its return code, or from why the agent
+    killed it; with the spool file of its value when that is too big to ride
+    in the result. A value is whole or the attempt fails: over its
+    ``max_result``, or not kept (the disk), an ``ok`` becomes an ``error``."""
+    result = _shell_outcome(task_id, returncode, kill, started=started, stdout=stdout, stderr=stderr)
+    if value is None:
+        return result, None
+    if result.outcome != OUTCOME_OK:
+        value.discard()
+        return result, None
+    if value.over_limit:
+        return replace(result, outcome=OUTCOME_ERROR, error=over_limit_error(value.size, value.limit)), None
+    try:
+        part, size = value.finish()
+    except OSError as exc:
+        value.failure = f"the agent cannot keep the value: {exc}"
+    if value.failure:
+        value.discard()
+        return replace(result, outcome=OUTCOME_ERROR, error=value.failure), None
+    if part is None:
+        return result, None  # the whole stdout is in the result's tail
+    return replace(result, value_size=size), part
+
+
+def _shell_outcome(
+    task_id: str,
+    returncode: int,
+    kill: tuple[str, str] | None,
+    *,
+    started: float,
+    stdout: bytes,
+    stderr: bytes,
 ) -> TaskResult:
-    """A shell task's result from its return code, or from why the agent killed it."""
     common: dict[str, Any] = {"started": started, "ended": time.time(), "stdout": stdout, "stderr": stderr}
     if kill is not None:
         outcome, error = kill

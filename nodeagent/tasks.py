@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 from typing import Protocol
 
 from nodeagent.protocol import OUTCOME_TIMEOUT, TaskResult, TaskSpec
@@ -30,7 +31,7 @@ class Stage(Enum):
 class Task:
     # One per accepted task, so kept small: what only some tasks need
     # (output, exclusive slots, a kill decision) stays None until needed.
-    __slots__ = ("owner", "id", "spec", "stage", "seq", "kill", "reserved", "output")
+    __slots__ = ("owner", "id", "spec", "stage", "seq", "kill", "reserved", "output", "value_part")
 
     def __init__(self, owner: str, spec: TaskSpec) -> None:
         self.owner = owner
@@ -40,7 +41,8 @@ class Task:
         self.seq = 0  # worker batch sequence number while in a worker
         self.kill: tuple[str, str] | None = None  # (outcome, error) once the agent decided to kill it
         self.reserved: Sequence[SlotHold] | None = None  # slots held exclusively (shell or multi-slot task)
-        self.output: Output | None = None
+        self.output: Output | None = None  # the display tails, not the value
+        self.value_part: Path | None = None  # the spool file of a value too big for its result
 
     def release(self) -> None:
         """Give back the slots this task held exclusively."""
@@ -57,7 +59,9 @@ class Task:
 
 
 class Output:
-    """The last ``limit`` bytes of a task's stdout and stderr."""
+    """The last ``limit`` bytes of a task's stdout and stderr: what a console
+    shows of it. A shell task's value is its whole stdout, kept apart
+    (``nodeagent.values.ShellValue``)."""
 
     __slots__ = ("limit", "streams")
 

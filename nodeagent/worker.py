@@ -25,12 +25,14 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from nodeagent.procs import set_parent_death_signal
 from nodeagent.taskenv import attempt_parts
+from nodeagent.values import over_limit_error, write_part
 from nodeagent.workerwire import (
     CALL,
     CMD_CANCEL,
@@ -38,14 +40,15 @@ from nodeagent.workerwire import (
     CMD_STOP,
     EV_ERROR,
     EV_OK,
+    EV_OK_SPOOLED,
     EV_OUTPUT,
     EV_PROGRESS,
     EV_READY,
     EV_SKIPPED,
     EV_STARTED,
-    MAX_EVENT_BYTES,
     READ_BYTES,
     SHM_BYTES,
+    SPOOL_VALUE_BYTES,
 )
 
 # How often the worker's io thread flushes results, output and progress while
@@ -114,11 +117,14 @@ class _WorkerLoop:
     results, output and progress while a task runs. ``lock`` guards every
     hand-over between the two, so a cancel cannot race a task's start."""
 
-    def __init__(self, cmd_fd: int, res_fd: int, shm: mmap.mmap, out_fd: int, err_fd: int) -> None:
+    def __init__(
+        self, cmd_fd: int, res_fd: int, shm: mmap.mmap, out_fd: int, err_fd: int, values_dir: Path
+    ) -> None:
         self.lock = threading.RLock()  # re-entrant: a __del__ that prints may run inside a locked section
         self._work = threading.Condition(self.lock)
         self._cmd_fd = cmd_fd
         self._res_fd = res_fd
+        self._values_dir = values_dir
         # Read ends of the pipes on descriptors 1 and 2, where a task's
         # subprocesses, C code and os.write land (non-blocking).
         self._out_fd = out_fd
@@ -174,7 +180,7 @@ class _WorkerLoop:
         seq_cell = self._seq_cell
         start_cell = self._start_cell
         fd_ready = self._fd_poll.poll
-        for seq, kind, target, args, kwargs, env, cwd, attempt_id in batch:
+        for seq, kind, target, args, kwargs, env, cwd, attempt_id, max_result in batch:
             with lock:
                 if seq in self._skip:
                     self._skip.discard(seq)  # cancelled: the io thread already answered
@@ -196,7 +202,7 @@ class _WorkerLoop:
             except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its errors too
                 event = self._error_event(seq, exc, started, now())
             else:
-                event = self._ok_event(seq, value, started, now())
+                event = self._ok_event(seq, value, max_result, started, now())
             with lock:
                 if fd_ready(0):
                     self._read_fds_locked()  # what the task wrote to 1 and 2 is its output
@@ -283,16 +289,27 @@ class _WorkerLoop:
             if saved_cwd is not None:
                 os.chdir(saved_cwd)
 
-    def _ok_event(self, seq: int, value: Any, started: float, ended: float) -> bytes:
+    def _ok_event(self, seq: int, value: Any, max_result: int, started: float, ended: float) -> bytes:
         try:
             event = self._pack((EV_OK, seq, value, started, ended))
         except (TypeError, ValueError, OverflowError) as exc:
             error = f"TypeError: return value of type {type(value).__name__} is not msgpack-serialisable: {exc}"
             return self._pack((EV_ERROR, seq, error, "", started, ended))
-        if len(event) > MAX_EVENT_BYTES:
-            error = f"return value of {len(event)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes"
-            return self._pack((EV_ERROR, seq, error, "", started, ended))
-        return event
+        if len(event) <= SPOOL_VALUE_BYTES and len(event) <= max_result:
+            return event  # the common case: a small value rides in the result
+        encoded = self._pack(value)  # what max_result measures
+        del event
+        if len(encoded) > max_result:
+            return self._pack((EV_ERROR, seq, over_limit_error(len(encoded), max_result), "", started, ended))
+        if len(encoded) <= SPOOL_VALUE_BYTES:
+            return self._pack((EV_OK, seq, value, started, ended))
+        # Too big for a result: the agent keeps it in a spool file and sends
+        # it in pieces. Written here, so that it never crosses the pipe.
+        try:
+            part = write_part(self._values_dir, f"w{os.getpid()}-{seq}", encoded)
+        except OSError as exc:
+            return self._pack((EV_ERROR, seq, f"the agent cannot keep the value: {exc}", "", started, ended))
+        return self._pack((EV_OK_SPOOLED, seq, str(part), len(encoded), started, ended))
 
     def _error_event(self, seq: int, exc: BaseException, started: float, ended: float) -> bytes:
         tb = exc.__traceback__
@@ -438,6 +455,7 @@ def main() -> None:
     """Entry point of a worker process (started by ``WorkerProcess.spawn``)."""
     global _active, _agent_stderr
     cmd_fd, res_fd, shm_fd, parent_pid = (int(arg) for arg in sys.argv[1:5])
+    values_dir = Path(sys.argv[5])
     set_parent_death_signal(parent_pid)
     for fd in (cmd_fd, res_fd, shm_fd):
         # Task subprocesses must not hold the agent's pipes open.
@@ -455,7 +473,7 @@ def main() -> None:
         os.close(write_end)
         os.set_blocking(read_end, False)
         read_ends.append(read_end)
-    worker = _WorkerLoop(cmd_fd, res_fd, shm, *read_ends)
+    worker = _WorkerLoop(cmd_fd, res_fd, shm, *read_ends, values_dir)
     _active = worker
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr

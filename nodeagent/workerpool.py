@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from nodeagent.procs import GroupReaper, exit_text
@@ -46,6 +47,7 @@ from nodeagent.workerwire import (
     CALL,
     EV_ERROR,
     EV_OK,
+    EV_OK_SPOOLED,
     EV_OUTPUT,
     EV_PROGRESS,
     EV_READY,
@@ -109,6 +111,7 @@ class WorkerPool:
         on_output: Callable[[Task, str, bytes], None],
         on_settled: Callable[[Done], None],
         on_requeue: Callable[[list[Task]], None],
+        values_dir: Path,
     ) -> None:
         self.slots = [Slot() for _ in range(size)]
         self._reaper = reaper
@@ -118,6 +121,7 @@ class WorkerPool:
         self._on_output = on_output
         self._on_settled = on_settled
         self._on_requeue = on_requeue
+        self._values_dir = values_dir
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = 0
         self._task_seconds = INITIAL_TASK_SECONDS  # moving average of Python task run time
@@ -283,7 +287,8 @@ class WorkerPool:
     def _spawn(self, slot: Slot) -> None:
         assert self._loop is not None
         worker = WorkerProcess(
-            self._loop, self._task_env, partial(self._worker_events, slot), partial(self._worker_exit, slot)
+            self._loop, self._task_env, partial(self._worker_events, slot), partial(self._worker_exit, slot),
+            self._values_dir,
         )
         slot.worker = worker
         try:
@@ -334,6 +339,15 @@ class WorkerPool:
         self._task_seconds = 0.7 * self._task_seconds + 0.3 * (ended - started)
         done.append((task, _python_result(task, OUTCOME_ERROR, None, error, tb, started, ended)))
 
+    def _ev_ok_spooled(self, slot: Slot, event: list[Any], done: Done) -> None:
+        _, seq, part, size, started, ended = event
+        task = slot.inflight.pop(seq)
+        self._task_seconds = 0.7 * self._task_seconds + 0.3 * (ended - started)
+        task.value_part = Path(part)
+        stdout, stderr = task.tails()
+        result = TaskResult(task.id, OUTCOME_OK, None, "", "", None, None, started, ended, stdout, stderr, size)
+        done.append((task, result))
+
     def _ev_skipped(self, slot: Slot, event: list[Any], done: Done) -> None:
         task = slot.inflight.pop(event[1], None)
         if task is None:
@@ -369,6 +383,7 @@ class WorkerPool:
 
     _event_handlers: dict[int, Callable[[WorkerPool, Slot, list[Any], Done], None]] = {
         EV_ERROR: _ev_error,
+        EV_OK_SPOOLED: _ev_ok_spooled,
         EV_SKIPPED: _ev_skipped,
         EV_STARTED: _ev_started,
         EV_PROGRESS: _ev_progress,
@@ -466,8 +481,8 @@ class WorkerPool:
 def _entry(seq: int, spec: TaskSpec) -> tuple[Any, ...]:
     """A task as a worker batch entry."""
     if spec.kind == KIND_CALL:
-        return (seq, CALL, spec.fn, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id)
-    return (seq, PICKLE, spec.payload, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id)
+        return (seq, CALL, spec.fn, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id, spec.max_result)
+    return (seq, PICKLE, spec.payload, spec.args, spec.kwargs, spec.env, spec.cwd, spec.id, spec.max_result)
 
 
 def _python_result(

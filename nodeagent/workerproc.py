@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -44,12 +45,14 @@ class WorkerProcess:
         task_env: TaskEnvironment,
         on_events: Callable[[WorkerProcess, list[Any]], None],
         on_exit: Callable[[WorkerProcess, int], None],
+        values_dir: Path,
     ) -> None:
         self._loop = loop
         self._task_env = task_env
         self._directory = ""  # the worker's own: its tasks' cwd and TMPDIR
         self._on_events = on_events
         self._on_exit = on_exit
+        self._values_dir = values_dir  # where it writes values too big for a result
         self._unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=2 * MAX_EVENT_BYTES + READ_BYTES)
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._out: list[bytes] = []  # command bytes the pipe would not take yet
@@ -76,7 +79,10 @@ class WorkerProcess:
             self._shm = mmap.mmap(shm_fd, SHM_BYTES)
             try:
                 self._proc = subprocess.Popen(
-                    helper_command("nodeagent.worker", "main", str(cmd_r), str(res_w), str(shm_fd), str(os.getpid())),
+                    helper_command(
+                        "nodeagent.worker", "main", str(cmd_r), str(res_w), str(shm_fd), str(os.getpid()),
+                        str(self._values_dir),
+                    ),
                     stdin=subprocess.DEVNULL,
                     pass_fds=(cmd_r, res_w, shm_fd),
                     start_new_session=True,  # its own process group: a kill takes the task's children too

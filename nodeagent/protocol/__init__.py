@@ -27,6 +27,18 @@ from nodeagent.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES,
 )
 from nodeagent.protocol.messages import (
+    MAX_VALUE_CHUNK_BYTES as MAX_VALUE_CHUNK_BYTES,
+)
+from nodeagent.protocol.messages import (
+    VALUE_CHUNK_BYTES as VALUE_CHUNK_BYTES,
+)
+from nodeagent.protocol.messages import (
+    MAX_RESULT_LIMIT as MAX_RESULT_LIMIT,
+)
+from nodeagent.protocol.messages import (
+    DEFAULT_MAX_RESULT as DEFAULT_MAX_RESULT,
+)
+from nodeagent.protocol.messages import (
     ERR_FRAME_TOO_LARGE as ERR_FRAME_TOO_LARGE,
 )
 from nodeagent.protocol.messages import (
@@ -139,6 +151,9 @@ from nodeagent.protocol.messages import (
 )
 from nodeagent.protocol.messages import (
     Undrain as Undrain,
+)
+from nodeagent.protocol.messages import (
+    Value as Value,
 )
 from nodeagent.protocol.ssh import (
     SSH_CIPHERS as SSH_CIPHERS,

@@ -16,6 +16,15 @@ from typing import Any, ClassVar, cast
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+# A task's value: whole, or the task fails. A run task's ``max_result`` caps
+# it (default DEFAULT_MAX_RESULT); a big value travels in ``value`` frames of
+# at most VALUE_CHUNK_BYTES each, ahead of the result that names its size, so
+# no frame ever comes near the frame cap.
+DEFAULT_MAX_RESULT = 16 * 1024 * 1024
+MAX_RESULT_LIMIT = (1 << 32) - 1  # a shell value is one msgpack bin: bin32 holds at most this
+VALUE_CHUNK_BYTES = 1024 * 1024  # what a sender puts in one value frame
+MAX_VALUE_CHUNK_BYTES = 4 * 1024 * 1024  # what a receiver accepts in one value frame
+
 # Task kinds carried by a run frame.
 KIND_SHELL = "shell"  # argv list or shell string, run as a subprocess
 KIND_CALL = "call"  # "package.module:function" imported in a worker process
@@ -279,6 +288,9 @@ class TaskSpec:
     # Report the start before starting, with every result held back: the
     # console suspects this task of having killed a node (section 5.2).
     report_start: bool = False
+    # Bytes the value may take (a shell task's stdout, a call's encoded
+    # return value); a bigger one fails the attempt, with no value.
+    max_result: int = DEFAULT_MAX_RESULT
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "kind": self.kind}
@@ -304,6 +316,8 @@ class TaskSpec:
             body["slots"] = self.slots
         if self.report_start:
             body["report_start"] = True
+        if self.max_result != DEFAULT_MAX_RESULT:
+            body["max_result"] = self.max_result
         return body
 
     @classmethod
@@ -331,6 +345,7 @@ class TaskSpec:
             timeout=_float_field(body, "timeout", 0.0, MAX_TIMEOUT, t, None),
             slots=_int_field(body, "slots", 1, MAX_SLOTS, t, 1),
             report_start=_opt(body, "report_start", bool, t, False),
+            max_result=_int_field(body, "max_result", 0, MAX_RESULT_LIMIT, t, DEFAULT_MAX_RESULT),
         )
         if kind == KIND_SHELL and (spec.argv is None) == (spec.shell is None):
             raise ProtocolError("run.task: a shell task needs exactly one of 'argv' or 'shell'")
@@ -515,6 +530,10 @@ class TaskResult:
     ended: float = 0.0
     stdout: bytes = b""
     stderr: bytes = b""
+    # Non-zero: the value is not in ``value`` but was sent ahead in ``value``
+    # frames, this many bytes of msgpack in all (agent side: it waits in a
+    # spool file next to the journal). Last, so older journal records load.
+    value_size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -540,6 +559,8 @@ class TaskResult:
             body["stdout"] = self.stdout
         if self.stderr:
             body["stderr"] = self.stderr
+        if self.value_size:
+            body["value_size"] = self.value_size
         return body
 
     @classmethod
@@ -550,7 +571,7 @@ class TaskResult:
         outcome = _need(body, "outcome", str, t)
         if outcome not in OUTCOMES:
             raise ProtocolError(f"finished.result: unknown outcome {outcome!r}")
-        return cls(
+        result = cls(
             id=_need(body, "id", str, t),
             outcome=outcome,
             value=body.get("value"),
@@ -562,7 +583,37 @@ class TaskResult:
             ended=_float_field(body, "ended", 0.0, MAX_TIMESTAMP, t, 0.0),
             stdout=_opt(body, "stdout", bytes, t, b""),
             stderr=_opt(body, "stderr", bytes, t, b""),
+            value_size=_int_field(body, "value_size", 0, MAX_RESULT_LIMIT, t, 0),
         )
+        if result.value_size and result.value is not None:
+            raise ProtocolError("finished.result: a result has a 'value' or a 'value_size', not both")
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class Value(Message):
+    """Agent to console: the next piece of an attempt's value (its msgpack
+    encoding), ahead of the result that names its total size. Pieces of one
+    attempt come in order, each starting where the last ended."""
+
+    TYPE: ClassVar[str] = "value"
+    id: str
+    offset: int
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "id": self.id, "offset": self.offset, "data": self.data}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Value:
+        t = cls.TYPE
+        offset = _int_field(body, "offset", 0, MAX_RESULT_LIMIT, t)
+        data = _need(body, "data", bytes, t)
+        if not data or len(data) > MAX_VALUE_CHUNK_BYTES:
+            raise ProtocolError(f"value: field 'data' must hold 1..{MAX_VALUE_CHUNK_BYTES} bytes, got {len(data)}")
+        if offset + len(data) > MAX_RESULT_LIMIT:
+            raise ProtocolError(f"value: a value ends at byte {offset + len(data)}, past {MAX_RESULT_LIMIT}")
+        return cls(id=_need(body, "id", str, t), offset=offset, data=data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,6 +708,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Rejected,
         Progress,
         Output,
+        Value,
         Finished,
         Heartbeat,
         Error,

@@ -16,6 +16,8 @@ from nodeagent.protocol import (
     KIND_CALL,
     KIND_PICKLE,
     KIND_SHELL,
+    MAX_RESULT_LIMIT,
+    MAX_VALUE_CHUNK_BYTES,
     MESSAGE_TYPES,
     OUTCOMES,
     SSH_CIPHERS,
@@ -37,6 +39,7 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
     Undrain,
+    Value,
     decode,
     encode,
     encode_many,
@@ -83,6 +86,7 @@ def task_specs(draw: st.DrawFn) -> TaskSpec:
         timeout=draw(st.none() | st.floats(min_value=0.001, max_value=1e6)),
         slots=draw(st.integers(1, 64)),
         report_start=draw(st.booleans()),
+        max_result=draw(st.integers(0, MAX_RESULT_LIMIT)),
         **fields,
     )
 
@@ -100,7 +104,7 @@ results = st.builds(
     ended=timestamp,
     stdout=st.binary(max_size=32),
     stderr=st.binary(max_size=32),
-)
+) | st.builds(TaskResult, id=text, outcome=st.sampled_from(OUTCOMES), value_size=st.integers(1, MAX_RESULT_LIMIT))
 
 STRATEGIES: dict[type[Message], st.SearchStrategy[Any]] = {
     Hello: st.builds(
@@ -125,6 +129,7 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Any]] = {
     Rejected: st.builds(Rejected, ids=ids, reason=text),
     Progress: st.builds(Progress, id=text, fraction=st.none() | st.floats(0, 1), message=text),
     Output: st.builds(Output, id=text, stream=st.sampled_from(["stdout", "stderr"]), data=st.binary(max_size=64)),
+    Value: st.builds(Value, id=text, offset=st.integers(0, 1 << 20), data=st.binary(min_size=1, max_size=64)),
     Finished: st.builds(Finished, results=st.lists(results, max_size=4)),
     Heartbeat: st.builds(
         Heartbeat,
@@ -175,7 +180,8 @@ def test_random_bytes_are_messages_or_protocol_errors(blob: bytes) -> None:
 @given(
     st.dictionaries(
         st.sampled_from(["type", "version", "role", "id", "tasks", "ids", "results", "reason", "code", "message",
-                         "stream", "data", "load", "time", "cpu", "mem", "slots_total", "slots_busy", "queued"]),
+                         "stream", "data", "load", "time", "cpu", "mem", "slots_total", "slots_busy", "queued",
+                         "offset"]),
         plain,
         max_size=6,
     ),
@@ -205,6 +211,24 @@ def test_random_fields_are_messages_or_protocol_errors(body: dict[str, Any], mty
         ({"type": "run", "tasks": [{"id": "a", "kind": "teleport"}]}, "kind"),
         ({"type": "finished", "results": [{"id": "a", "outcome": "meh"}]}, "outcome"),
         ({"type": "output", "id": "a", "stream": "stdin", "data": b""}, "stream"),
+        # Every field a big value added is checked on decode: type and range.
+        ({"type": "run", "tasks": [{"id": "a", "kind": "shell", "shell": "x", "max_result": -1}]}, "'max_result'"),
+        ({"type": "run", "tasks": [{"id": "a", "kind": "shell", "shell": "x", "max_result": 1 << 32}]}, "'max_result'"),
+        ({"type": "run", "tasks": [{"id": "a", "kind": "shell", "shell": "x", "max_result": "1MiB"}]}, "'max_result'"),
+        ({"type": "run", "tasks": [{"id": "a", "kind": "shell", "shell": "x", "max_result": True}]}, "'max_result'"),
+        ({"type": "finished", "results": [{"id": "a", "outcome": "ok", "value_size": -1}]}, "'value_size'"),
+        ({"type": "finished", "results": [{"id": "a", "outcome": "ok", "value_size": 1.5}]}, "'value_size'"),
+        ({"type": "finished", "results": [{"id": "a", "outcome": "ok", "value_size": 1 << 32}]}, "'value_size'"),
+        ({"type": "finished", "results": [{"id": "a", "outcome": "ok", "value": 1, "value_size": 3}]}, "not both"),
+        ({"type": "value", "offset": 0, "data": b"x"}, "'id'"),
+        ({"type": "value", "id": 7, "offset": 0, "data": b"x"}, "'id'"),
+        ({"type": "value", "id": "a", "data": b"x"}, "'offset'"),
+        ({"type": "value", "id": "a", "offset": -1, "data": b"x"}, "'offset'"),
+        ({"type": "value", "id": "a", "offset": False, "data": b"x"}, "'offset'"),
+        ({"type": "value", "id": "a", "offset": 0, "data": "text"}, "'data'"),
+        ({"type": "value", "id": "a", "offset": 0, "data": b""}, "'data'"),
+        ({"type": "value", "id": "a", "offset": 0, "data": b"x" * (MAX_VALUE_CHUNK_BYTES + 1)}, "'data'"),
+        ({"type": "value", "id": "a", "offset": MAX_RESULT_LIMIT, "data": b"x"}, "past"),
     ],
 )
 def test_bad_frames_name_the_problem(obj: Any, needle: str) -> None:
@@ -243,6 +267,11 @@ def test_defaults_are_left_off_the_wire() -> None:
     assert msgpack.unpackb(encode(Finished(results=[TaskResult(id="a", outcome="ok")]))) == {
         "type": "finished",
         "results": [{"id": "a", "outcome": "ok"}],
+    }
+    # A task with the default max_result costs no more than before it existed.
+    assert msgpack.unpackb(encode(Run(tasks=[TaskSpec(id="a", kind=KIND_SHELL, shell="x")]))) == {
+        "type": "run",
+        "tasks": [{"id": "a", "kind": "shell", "shell": "x"}],
     }
 
 
