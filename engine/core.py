@@ -338,7 +338,11 @@ class EngineCore(Recovery):
         job = task.job
         self._drop(attempt)
         task.node = attempt.node.id
-        value = shell_value(result.stdout) if job.spec.kind == KIND_SHELL else result.value
+        if job.spec.kind == KIND_SHELL:
+            # Its whole stdout: in ``value`` when longer than the tail the agent keeps.
+            value = shell_value(result.value if isinstance(result.value, bytes) else result.stdout)
+        else:
+            value = result.value
         if result.ended and result.started:
             job.recent_durations.append(result.ended - result.started)
         try:
