@@ -2,6 +2,7 @@
 `true` shell tasks, no SSH.
 
     .venv/bin/python tests/bench/bench_executor.py [--tasks 100000] [--slots 2] [--chunk 1000] [--shell]
+        [--run-as USER]   # as root: tasks as USER, as shoal agent --run-as runs them
 
 Submits in chunks (as run frames would arrive) and acks in batches (as a
 console would), and prints tasks per second from the first submit to the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -22,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nodeagent.executor import Executor  # noqa: E402
 from nodeagent.protocol import TaskResult, TaskSpec  # noqa: E402
+from nodeagent.runas import python_refusal, resolve_run_as  # noqa: E402
+from nodeagent.taskenv import TaskEnvironment  # noqa: E402
 
 ACK_EVERY = 4096
 
@@ -57,14 +61,21 @@ class CountingListener:
             self.done.set()
 
 
-async def run(tasks: int, slots: int, chunk: int, shell: bool) -> None:
+async def run(tasks: int, slots: int, chunk: int, shell: bool, run_as: str | None = None) -> None:
+    task_env = TaskEnvironment(socket.gethostname())
+    if run_as is not None:
+        user = resolve_run_as(run_as)
+        refused = python_refusal(user, task_env.base)
+        if refused and not shell:
+            sys.exit(refused)
+        task_env = TaskEnvironment(socket.gethostname(), run_as=user, python_refused=refused)
     if shell:
         specs = [TaskSpec(id=f"t{i}", kind="shell", argv=["true"]) for i in range(tasks)]
     else:
         specs = [TaskSpec(id=f"t{i}", kind="call", fn="tests.bench.tasks:noop", args=[i]) for i in range(tasks)]
     listener = CountingListener(tasks)
     with tempfile.TemporaryDirectory() as state_dir:
-        executor = Executor(slots=slots, state_dir=Path(state_dir), listener=listener, max_queued=tasks)
+        executor = Executor(slots=slots, state_dir=Path(state_dir), listener=listener, max_queued=tasks, task_env=task_env)
         listener.executor = executor
         await executor.start()
         began = time.perf_counter()
@@ -78,7 +89,7 @@ async def run(tasks: int, slots: int, chunk: int, shell: bool) -> None:
         agent_cpu = time.process_time() - cpu_began
         children = os.times()
         await executor.shutdown(1.0)
-    what = "`true` shell" if shell else "no-op call"
+    what = ("`true` shell" if shell else "no-op call") + (f" (as {run_as})" if run_as else "")
     print(
         f"{tasks} {what} tasks, {slots} slots: {elapsed:.2f} s, "
         f"{tasks / elapsed:,.0f} tasks/s ({listener.failed} failed); "
@@ -93,8 +104,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--shell", action="store_true", help="`true` shell tasks instead of Python calls")
+    parser.add_argument("--run-as", metavar="USER", help="run tasks as USER, as shoal agent --run-as does (needs root)")
     args = parser.parse_args()
-    asyncio.run(run(args.tasks, args.slots, args.chunk, args.shell))
+    asyncio.run(run(args.tasks, args.slots, args.chunk, args.shell, args.run_as))
 
 
 if __name__ == "__main__":
