@@ -17,6 +17,7 @@ Imported by the agent only; workers never need it.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent.procs import helper_command, helper_env
+from nodeagent.values import PART_SUFFIX
 
+COPY_BYTES = 1 << 20
 PROBE_SECONDS = 30.0  # a cold interpreter on a slow disk can take seconds
 # A job's own cwd is entered by the task itself, once it is USER: Popen's
 # cwd= would chdir as root, before the credentials change, and a process
@@ -149,3 +152,48 @@ def spawn_as(
         argv, stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd, cwd=own_directory, env=env,
         start_new_session=True, close_fds=True, **user.popen_credentials(),
     )  # fmt: skip
+
+
+def adopt_part(claimed: str, size: int, worker_dir: str, values_dir: Path, user: RunAs) -> Path:
+    """Copy a value's part file that a worker running as ``user`` says it
+    wrote into the agent's spool, and return the copy.
+
+    The worker is USER's, and so is every task it runs: what it says is a
+    claim, never a path for root to rename or read. Taken only if it names
+    a file directly in that worker's own directory (whose parent is root's,
+    so it cannot be swapped for a link), opened without following links,
+    a regular file of USER's with one link (not a hard link to someone
+    else's file) and of the size announced. Raises OSError otherwise.
+    """
+    name = os.path.basename(claimed)
+    if not name.endswith(PART_SUFFIX) or claimed != os.path.join(worker_dir, name):
+        raise PermissionError(errno.EPERM, "not a part file in the worker's own directory", claimed)
+    dir_fd = os.open(worker_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            st = os.fstat(source)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != user.uid or st.st_nlink != 1 or st.st_size != size:
+                raise PermissionError(errno.EPERM, f"not a regular file of {user.name}'s of {size} bytes", claimed)
+            target = values_dir / name
+            _copy(source, target)
+        finally:
+            os.close(source)
+        os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def _copy(source: int, target: Path) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        while chunk := os.read(source, COPY_BYTES):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        os.unlink(target)
+        raise
+    os.close(fd)

@@ -33,6 +33,7 @@ from nodeagent.protocol import (
     TaskResult,
     TaskSpec,
 )
+from nodeagent.runas import adopt_part
 from nodeagent.taskenv import TaskEnvironment
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
@@ -343,6 +344,15 @@ class WorkerPool:
         _, seq, part, size, started, ended = event
         task = slot.inflight.pop(seq)
         self._task_seconds = 0.7 * self._task_seconds + 0.3 * (ended - started)
+        run_as = self._task_env.run_as
+        if run_as is not None:  # the worker is USER's: its word is no path for the agent to take
+            assert slot.worker is not None
+            try:
+                part = adopt_part(part, size, slot.worker.directory, self._values_dir, run_as)
+            except OSError as exc:
+                error = f"the agent refused the value's spool file: {exc}"
+                done.append((task, _python_result(task, OUTCOME_ERROR, None, error, "", started, ended)))
+                return
         task.value_part = Path(part)
         stdout, stderr = task.tails()
         result = TaskResult(task.id, OUTCOME_OK, None, "", "", None, None, started, ended, stdout, stderr, size)

@@ -69,6 +69,10 @@ class WorkerProcess:
     def pid(self) -> int:
         return self._proc.pid if self._proc is not None else 0
 
+    @property
+    def directory(self) -> str:
+        return self._directory
+
     def spawn(self) -> None:
         self._directory = self._task_env.new_directory("worker")
         cmd_r, cmd_w = os.pipe()
@@ -81,7 +85,8 @@ class WorkerProcess:
                 self._proc = subprocess.Popen(
                     helper_command(
                         "nodeagent.worker", "main", str(cmd_r), str(res_w), str(shm_fd), str(os.getpid()),
-                        str(self._values_dir),
+                        # --run-as: USER cannot write the agent's spool; parts wait in its own directory
+                        str(self._directory if self._task_env.run_as else self._values_dir),
                     ),
                     stdin=subprocess.DEVNULL,
                     pass_fds=(cmd_r, res_w, shm_fd),

@@ -645,11 +645,41 @@ async def test_run_as_call_tasks_run_as_the_user_where_it_can_run_python(open_ro
         )
         assert await engine.wait(env_job, timeout=60) == "succeeded"
         (row,) = await engine.task_results(env_job)
+        big = await engine.submit(JobSpec(name="big", kind="call", fn="tests.integration.runastasks:big", items=[3 << 20]))
+        assert await engine.wait(big, timeout=60) == "succeeded"  # spooled by USER's worker, adopted by the agent
+        (big_row,) = await engine.task_results(big)
+    assert big_row["value"] == "v" * (3 << 20)
     uid, gid, groups, home, cwd_owner, links = row["value"]
     assert (uid, gid, set(groups), home, cwd_owner) == (
         user.pw_uid, user.pw_gid, set(os.getgrouplist(user.pw_name, user.pw_gid)), user.pw_dir, user.pw_uid
     )
     assert not [link for link in links if str(state_dir) in link], links
+
+
+@pytest.mark.parametrize("how", ["path", "link"])
+async def test_run_as_a_worker_cannot_pass_off_roots_file_as_its_value(open_root, how):
+    """A worker is USER's, and so is its results pipe: a task that claims its
+    value waits in a file of root's must not have the agent (root) move it
+    into its spool and send it to the console."""
+    _run_as_user()
+    python = _python_the_user_can_run()
+    if not python:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} here that {RUN_AS} can run")
+    from engine.spec import JobSpec
+
+    secret = open_root / "root-only"
+    secret.write_bytes(b"\xa6secret")  # a msgpack string, were it ever taken for a value
+    secret.chmod(0o600)
+    async with run_as_agent(open_root, python=python) as (engine, _, _):
+        job_id = await engine.submit(
+            JobSpec(name="forged", kind="call", fn="tests.integration.runastasks:forged_part", items=[str(secret)],
+                    args=(7, how), retries=0)
+        )  # fmt: skip
+        assert await engine.wait(job_id, timeout=60) == "failed"
+        (row,) = await engine.task_results(job_id)
+    assert "refused the value's spool file" in row["error"], row
+    assert row["value"] != "secret"
+    assert secret.read_bytes() == b"\xa6secret" and secret.stat().st_uid == 0
 
 
 @pytest.mark.parametrize(
