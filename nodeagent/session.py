@@ -322,6 +322,11 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         self._hub.attach(self)
         executor = self._hub.executor
         ident = self._hub.identity
+        unacked = executor.unacked(self.owner)
+        # A result whose value goes out in pieces cannot follow the hello in
+        # its write: its attempt counts as held until it comes, so a console
+        # does not think it gone and run it again meanwhile.
+        streaming = [result.id for result in unacked if result.value_size]
         reply = Hello(
             version=PROTOCOL_VERSION,
             role="agent",
@@ -331,13 +336,13 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             labels=ident.labels,
             capabilities=ident.capabilities,
             drained=executor.drained,
-            holding=executor.holding(self.owner),
+            holding=executor.holding(self.owner) + streaming,
             software=ident.software,
         )
         # The hello goes out first, ahead of anything coalesced; the journal's
         # unacked results follow in the same flush.
         self._write(encode(reply))
-        for result in executor.unacked(self.owner):
+        for result in unacked:
             (self._values.add if result.value_size else self._finished.append)(result)
         self._heartbeat = self._hub.heartbeat_now()
         self._schedule_flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.protocol import KIND_CALL, OUTCOME_ERROR, OUTCOME_OK, Ack, TaskSpec
-from nodeagent.values import VALUES_DIR
+from nodeagent.values import VALUES_DIR, size_text
 from tests.integration.conftest import shell
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,3 +126,121 @@ async def poll_until(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+# --- through the real CLI: shoal run, shoal results, shoal agent subprocesses -------------
+
+from tests.integration.test_never_silent import node_flags, shoal, write_job  # noqa: E402
+
+# Task i prints the JSON list of the integers in [a, b): concat of every task is range(0, last b).
+RANGE_JOB = """command = ["python3", "-c", "import json, sys; a, b = json.loads(sys.argv[1]); print(json.dumps(list(range(a, b))))", "{item}"]
+items = [[0, 30000], [30000, 2200000]]
+reduce = "concat"
+max_result = "32MiB"
+"""
+
+
+@pytest.fixture
+def one_agent(tmp_path: Path):
+    from demos.cluster import LocalCluster
+
+    with LocalCluster(tmp_path, [2]) as running:
+        yield running
+
+
+def env_of(cluster) -> dict[str, str]:
+    return {**os.environ, "SHOAL_STATE_DIR": str(cluster.state_dir), "SHOAL_CONFIG_DIR": str(cluster.config_dir)}
+
+
+def test_shoal_run_gives_the_exact_value_of_a_190_kb_and_a_20_mb_json_list(one_agent, tmp_path):
+    import json
+
+    run = shoal("run", str(write_job(tmp_path, RANGE_JOB)), *node_flags(one_agent), "--json", env=env_of(one_agent))
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["result"] == list(range(2_200_000))  # each value whole, and concat put them together
+    values = json.loads(shoal("results", str(report["job"]), "--json", env=env_of(one_agent)).stdout)["tasks"]
+    assert [len(row["value"]) for row in values] == [30000, 2_170_000]
+
+
+def test_shoal_run_fails_a_task_whose_value_is_over_max_result_and_says_why(one_agent, tmp_path):
+    import json
+
+    job = write_job(tmp_path, RANGE_JOB.replace('"32MiB"', '"1MiB"').replace("2200000", "300000") + "retries = 0\n")
+    run = shoal("run", str(job), *node_flags(one_agent), "--json", env=env_of(one_agent))
+    assert run.returncode == 1, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["counts"]["succeeded"] == 1 and report["counts"]["failed"] == 1
+    rows = json.loads(shoal("results", str(report["job"]), "--json", env=env_of(one_agent)).stdout)["tasks"]
+    failed = rows[1]
+    assert failed["status"] == "failed" and failed["value"] is None
+    printed = len(json.dumps(list(range(30000, 300000)))) + 1
+    assert failed["error"] == f"value is {size_text(printed)}, over the job's max_result of 1 MiB"
+    assert f"value is {size_text(printed)}, over the job's max_result of 1 MiB" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        ('max_result = "lots"', "expected a size like \"64MiB\" or a number of bytes, got \"lots\""),
+        ('max_result = "2GiB"', "must be 1 byte to 512 MiB, got \"2GiB\""),
+        ("max_result = 0", "must be 1 byte to 512 MiB, got 0"),
+    ],
+)
+def test_a_malformed_max_result_names_its_line_and_field_with_exit_2(tmp_path, setting, problem):
+    job = write_job(tmp_path, 'command = ["echo", "{item}"]\nitems = [1]\n' + setting + "\n")
+    env = {**os.environ, "SHOAL_STATE_DIR": str(tmp_path / "state"), "SHOAL_CONFIG_DIR": str(tmp_path / "cfg")}
+    run = shoal("run", str(job), "--node", "127.0.0.1:1", env=env)
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()  # one line, no traceback
+    assert line.endswith(f"{job}:3: field 'max_result': {problem}")
+
+
+def test_a_big_value_that_ends_while_the_engine_is_down_is_sent_again_and_recorded_once(one_agent, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from demos.cluster import REPO
+
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        f"open({str(runs)!r}, 'a').write('run\\n')\n"
+        f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n"
+        "print(json.dumps(list(range(600000))))\n"  # 4.6 MB: spooled, five value frames
+    )
+    job = write_job(tmp_path, f'command = ["python3", "{script}", "{{item}}"]\nitems = [1]\nreduce = "concat"\n')
+    env = env_of(one_agent)
+    engine = subprocess.Popen([sys.executable, "-m", "console.cli", "run", str(job), *node_flags(one_agent)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    spool = one_agent.agents[0].state_dir / VALUES_DIR
+    try:
+        deadline = time.monotonic() + 60
+        while not runs.exists():  # the task runs on the agent
+            assert time.monotonic() < deadline and engine.poll() is None
+            time.sleep(0.05)
+    finally:
+        engine.kill()  # kill -9: nobody will ack what the task is about to give
+        engine.wait(10)
+    gate.touch()
+    deadline = time.monotonic() + 30
+    while not any(name.endswith(".value") for name in os.listdir(spool)):  # journaled, with no engine to send it to
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    rerun = shoal("run", str(job), *node_flags(one_agent), "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads(rerun.stdout)
+    assert report["result"] == list(range(600000)) and report["counts"]["succeeded"] == 1
+    [row] = json.loads(shoal("results", str(report["job"]), "--json", env=env).stdout)["tasks"]
+    # Recorded once, from the one execution (attempt numbers reserved by the
+    # restart are not runs: the runs file counts those).
+    assert row["status"] == "succeeded" and row["value"] == list(range(600000))
+    assert runs.read_text() == "run\n"  # executed once
+    deadline = time.monotonic() + 10
+    while os.listdir(spool):  # acked: the agent let go of it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
