@@ -91,7 +91,7 @@ async def run_job(
             ever_reached = ever_reached or nodes_up > 0
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
-            unmet = diagnose.unmet_field(spec, nodes) if counts.get("running", 0) == 0 and done < total else None
+            unmet = diagnose.unmet_field(spec, nodes) if counts.get("running", 0) + counts.get("sent", 0) == 0 and done < total else None
             if unmet is not None:
                 field_name, sentence = unmet
                 if diagnose.all_known_reached(nodes):

@@ -313,6 +313,10 @@ class EngineCore(Recovery):
         for aid in e.ids:
             attempt = self._live_on(aid, e.node)
             if attempt is not None and not attempt.started_at:
+                task = attempt.task
+                if not any(a.started_at for a in task.live):  # its first start: sent -> running
+                    task.job.started += 1
+                    self._dirty_jobs.add(task.job)
                 attempt.started_at = e.now
 
     def _on_finished(self, e: TasksFinished) -> None:

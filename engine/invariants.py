@@ -69,6 +69,8 @@ def validate_state(core: TaskStates, prefetch_seconds: float, max_prefetch: int)
             seen.add(task.index)
         assert counts[TaskStatus.QUEUED] == job.ready, f"job {job.id}: {counts[TaskStatus.QUEUED]} queued but {job.ready} ready"
         live_tasks = len(running.get(job.id, ()))
+        started = sum(1 for task in running.get(job.id, ()) if any(a.started_at for a in task.live))
+        assert job.started == started, f"job {job.id}: counts {job.started} started, {started} have a started attempt"
         assert counts[TaskStatus.RUNNING] == live_tasks, f"job {job.id}: {counts[TaskStatus.RUNNING]} running, {live_tasks} with live attempts"
         assert counts[TaskStatus.PENDING] == pending.get(job.id, 0), f"job {job.id}: pending count != tasks in backoff"
         if job.status is JobStatus.RUNNING:

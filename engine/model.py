@@ -24,7 +24,7 @@ from engine.spec import JobSpec
 class TaskStatus(enum.IntEnum):
     PENDING = 0  # waiting out a retry backoff
     QUEUED = 1  # ready, waiting for a slot
-    RUNNING = 2  # sent to a node (the node may still have it queued)
+    RUNNING = 2  # sent to a node: started there, or waiting in its queue (``Job.started`` tells them apart)
     SUCCEEDED = 3
     FAILED = 4
     CANCELLED = 5
@@ -121,6 +121,9 @@ class Job:
     status: JobStatus = JobStatus.RUNNING
     finished_at: float = 0.0
     restored: bool = False  # rebuilt from the store after a restart
+    # RUNNING tasks an agent said it started (a live attempt has ``started_at``);
+    # the others were sent and wait in an agent's queue (prefetch).
+    started: int = 0
 
     def __post_init__(self) -> None:
         self.total = self.spec.task_count()
@@ -137,7 +140,18 @@ class Job:
         return sum(self.counts[s] for s in TERMINAL)
 
     def counts_by_label(self) -> dict[str, int]:
-        return {status.label: count for status, count in self.counts.items()}
+        """Tasks per status, with RUNNING split in two: ``running`` (started
+        on an agent) and ``sent`` (dispatched, waiting in an agent's queue)."""
+        counts = self.counts
+        return {
+            "pending": counts[TaskStatus.PENDING],
+            "queued": counts[TaskStatus.QUEUED],
+            "sent": counts[TaskStatus.RUNNING] - self.started,
+            "running": self.started,
+            "succeeded": counts[TaskStatus.SUCCEEDED],
+            "failed": counts[TaskStatus.FAILED],
+            "cancelled": counts[TaskStatus.CANCELLED],
+        }
 
     def final_status(self) -> JobStatus:
         if self.counts[TaskStatus.FAILED]:

@@ -189,6 +189,8 @@ class TaskStates:
     def _drop(self, attempt: Attempt) -> None:
         task, node = attempt.task, attempt.node
         task.live.remove(attempt)
+        if attempt.started_at and not any(a.started_at for a in task.live):
+            task.job.started -= 1  # no started attempt left (a task leaves RUNNING only through here)
         del self.attempts[attempt.id]
         del node.running[attempt.id]
         node.in_flight_slots -= task.job.spec.slots

@@ -47,6 +47,8 @@ class JobInfo(_View):
     name: str
     status: str  # running, succeeded, failed, cancelled
     total: int
+    # pending, queued, sent (on an agent, waiting in its queue), running
+    # (started on an agent), succeeded, failed, cancelled
     counts: dict[str, int]
     submitted_at: float
     finished_at: float | None

@@ -25,6 +25,7 @@ COLUMNS = [
     Column("DONE", 15, right=True, keep=7),
     Column("FAIL", 5, right=True, keep=6),
     Column("RUN", 4, right=True, keep=2),
+    Column("SENT", 5, right=True, keep=1),  # on an agent, waiting in its queue
     Column("QUEUE", 7, right=True, keep=2),
     Column("RATE", 8, right=True, keep=5),
     Column("ETA", 7, right=True, keep=4),
@@ -46,6 +47,7 @@ def job_row(job: JobInfo, result: Any) -> Row:
         f"{job.done:,}/{job.total:,}",
         (str(failed), "bad" if failed else ""),
         str(counts.get("running", 0)),
+        str(counts.get("sent", 0)),
         f"{queued:,}",
         fmt.rate(job.rate),
         fmt.duration(job.eta) if job.status == "running" else "",

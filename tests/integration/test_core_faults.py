@@ -371,7 +371,7 @@ async def test_rerunning_succeeded_tasks_replaces_their_results(api_engine: tupl
     # 3 and 5 count once each, with their new values: 21 - 3 - 5 + 30 + 50.
     assert await api.result(job_id) == 93
     info = await api.job(job_id)
-    assert info.counts["succeeded"] == 6 and sum(info.counts.values()) == 6
+    assert info.counts["succeeded"] == 6 and sum(info.counts.values()) == 6 and info.counts["sent"] == info.counts["running"] == 0
     assert [(i, s) for i, s, _ in stored_rows(coordinator, job_id)] == [(i, "succeeded") for i in range(6)]
     again = await api.task(job_id, 2)
     assert [a.outcome for a in again.attempts] == ["succeeded", "succeeded"] and again.value == 30

@@ -465,3 +465,26 @@ def test_a_known_node_that_never_says_hello_holds_restored_work_only_until_the_h
     out = h.step(c.Tick(h.now))
     assert any("gone" in getattr(e, "message", "") for e in out.events)
     assert h.sent["a"] == ["1.0.3"]
+
+
+def test_counts_tell_prefetched_tasks_from_started_ones():
+    h = Harness()
+    h.node("a", 2)
+    h.step(c.JobSubmitted(1, spec(count=10), h.now))
+    job = h.core.jobs[1]
+    sent = list(h.core.nodes["a"].running)
+    assert len(sent) == 4  # two slots, two prefetched
+    assert job.counts_by_label() | {"queued": 0} == {"pending": 0, "queued": 0, "sent": 4, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    h.step(c.TasksStarted("a", sent[:2], h.now))
+    h.step(c.TasksStarted("a", sent[:1], h.now))  # a repeated start changes nothing
+    counts = job.counts_by_label()
+    assert (counts["running"], counts["sent"], counts["queued"]) == (2, 2, 6)
+    h.finish("a", [ok(sent[0])])  # one started ends, its place goes to a fresh task
+    counts = job.counts_by_label()
+    assert (counts["running"], counts["sent"], counts["succeeded"]) == (1, 3, 1)
+    h.finish("a", [ok(sent[2])])  # finished before its start was reported: never running
+    assert job.counts_by_label()["running"] == 1
+    h.step(c.NodeLost("a", "gone", h.now))  # lost: all back to the queue
+    counts = job.counts_by_label()
+    assert (counts["running"], counts["sent"], counts["queued"]) == (0, 0, 8)
+    assert sum(counts.values()) == job.total
