@@ -612,11 +612,32 @@ async def test_run_as_call_tasks_are_refused_as_unsupported_when_the_user_cannot
 
         alert = await asyncio.wait_for(refusal_alert(), 30)
         await engine.cancel(job_id)
+        hello = await _hello_of(engine, open_root)
+    assert hello.capabilities == ["shell"], hello  # the hello says it too
     assert "refused tasks (unsupported)" in alert.message, alert
     assert f"{RUN_AS} (--run-as) cannot run {sys.executable}" in alert.message, alert
     assert "permission denied" in alert.message and f"install Shoal and its Python where {RUN_AS} can read" in alert.message
     log = agent.stderr.read().decode()
     assert [line for line in log.splitlines() if "call and pickle tasks cannot run on this agent" in line], log
+
+
+async def _hello_of(engine: Any, root: Path) -> Any:
+    """The agent's hello, to a second console link with the engine's key."""
+    from engine.link import open_link
+    from engine.trust import load_or_create_console_key
+
+    (node,) = await engine.nodes()
+    host, port = node.id.rsplit(":", 1)
+    key = load_or_create_console_key(root / "console-config")
+    link = await open_link(
+        host, int(port), client_key=key, console_id="hello-probe", pinned_host_key=None, accept_unknown=True,
+        connect_timeout=10,
+    )  # fmt: skip
+    try:
+        return link.hello
+    finally:
+        link.close()
+        await asyncio.wait_for(link.wait_closed(), 10)
 
 
 def _python_the_user_can_run() -> str:
@@ -644,6 +665,7 @@ async def test_run_as_call_tasks_run_as_the_user_where_it_can_run_python(open_ro
             JobSpec(name="env", kind="call", fn="tests.integration.runastasks:identity", items=[0], retries=0)
         )
         assert await engine.wait(env_job, timeout=60) == "succeeded"
+        assert "call" in (await _hello_of(engine, open_root)).capabilities
         (row,) = await engine.task_results(env_job)
         big = await engine.submit(JobSpec(name="big", kind="call", fn="tests.integration.runastasks:big", items=[3 << 20]))
         assert await engine.wait(big, timeout=60) == "succeeded"  # spooled by USER's worker, adopted by the agent
