@@ -709,6 +709,7 @@ async def test_run_as_a_worker_cannot_pass_off_roots_file_as_its_value(open_root
     [("root", "that is root"), ("0", "that is root"), ("no-such-user-shoal", "no such user")],
 )
 def test_run_as_bad_user_exits_2_with_one_line(tmp_path, authorized_keys, capsys, user, needle):
+    _run_as_user()  # as another user, the first thing said is that the agent is not root
     argv = ["--authorized-keys", str(authorized_keys), "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:0",
             "--no-advertise", "--run-as", user]  # fmt: skip
     assert main(argv) == 2
