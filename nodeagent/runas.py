@@ -78,19 +78,31 @@ def resolve_run_as(text: str, *, euid: int | None = None) -> RunAs:
 
 
 def check_state_dir(state_dir: Path, user: RunAs) -> None:
-    """Refuse a state dir the tasks' user could read: the host key and the
-    journal are only as private as the directory they live in."""
-    st = os.stat(state_dir)
+    """Refuse a state dir the tasks' user could read, or could swap for one
+    of its own (a directory above it that USER may write): the host key
+    and the journal are only as private as the directories they live in."""
+    real = Path(os.path.realpath(state_dir))
+    st = os.stat(real)
     if st.st_uid != os.geteuid():
         raise RunAsError(
-            f"--run-as {user.name}: state dir {state_dir} is owned by uid {st.st_uid}, not by the agent's user "
-            f"(fix: chown root {state_dir})"
+            f"--run-as {user.name}: state dir {real} is owned by uid {st.st_uid}, not by the agent's user "
+            f"(fix: chown root {real})"
         )
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise RunAsError(
-            f"--run-as {user.name}: state dir {state_dir} is open to group or others "
-            f"({stat.S_IMODE(st.st_mode):04o}; fix: chmod 700 {state_dir})"
+            f"--run-as {user.name}: state dir {real} is open to group or others "
+            f"({stat.S_IMODE(st.st_mode):04o}; fix: chmod 700 {real})"
         )
+    for directory in real.parents:  # as OpenSSH's StrictModes walks up to /
+        st = os.stat(directory)
+        if st.st_mode & stat.S_ISVTX and st.st_uid == 0:
+            continue  # sticky and root's, like /tmp: nobody else can rename what is below
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise RunAsError(
+                f"--run-as {user.name}: {directory}, above the state dir, is owned by uid {st.st_uid} "
+                f"or writable by others ({stat.S_IMODE(st.st_mode):04o}): tasks could put a state dir of their own "
+                f"in its place (fix: a state dir under directories only root can write)"
+            )
 
 
 def python_refusal(user: RunAs, base_env: Mapping[str, str]) -> str:

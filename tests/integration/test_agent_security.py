@@ -740,6 +740,20 @@ def test_run_as_refuses_a_state_dir_the_user_could_read(tmp_path, authorized_key
     assert not (state / "host_key").exists()  # refused before any key was written
 
 
+def test_run_as_refuses_a_state_dir_below_a_directory_the_user_owns(tmp_path, authorized_keys, capsys):
+    user = _run_as_user()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, user.pw_uid, user.pw_gid)
+    state = theirs / "state"
+    state.mkdir(mode=0o700)
+    argv = ["--authorized-keys", str(authorized_keys), "--state-dir", str(state), "--listen", "127.0.0.1:0",
+            "--no-advertise", "--run-as", RUN_AS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{theirs}, above the state dir, is owned by uid {user.pw_uid}" in err
+
+
 def test_agent_help_gives_run_as_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
