@@ -84,8 +84,17 @@ class ShoalScreen(Screen[None]):
         self._on_tick(Tick(self.shoal.feed, frozenset(), forced=True))
 
     def on_screen_resume(self) -> None:
+        self.shoal.tick_signal.subscribe(self, self._on_tick)
         if self._stale:
             self._on_tick(Tick(self.shoal.feed, frozenset(), forced=True))
+
+    def on_screen_suspend(self) -> None:
+        # Covered by another screen: no ticks until it is back. Even an
+        # ignored tick wakes a screen, and Textual repaints the whole top
+        # screen each time the screen right below it wakes (it counts that
+        # one as visible, opaque top or not): a full frame per tick.
+        self.shoal.tick_signal.unsubscribe(self)
+        self._stale = True
 
     def _on_tick(self, tick: Tick) -> None:
         if not self.is_current:

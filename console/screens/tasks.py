@@ -18,7 +18,7 @@ from console.host import Tick
 from console.screens.base import Pump, ShoalScreen
 from console.screens.dialogs import ConfirmScreen, PromptScreen
 from console.widgets.line_table import LineTable
-from console.widgets.task_table import WINDOW, TaskTable
+from console.widgets.task_table import TaskTable
 from engine.views import TASK_ORDERS, TaskDetail, TaskInfo
 
 REFRESH_EVERY = 0.5  # seconds between refetches of a running job's visible rows
@@ -89,6 +89,7 @@ class TasksScreen(ShoalScreen):
         self.pages: Pump[tuple[int, int]] = Pump(self, self._fetch_page, "tasks")
         self.fetches = 0
         self._refreshed = 0.0
+        self._caption_text = ""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="tasks-caption")
@@ -108,7 +109,12 @@ class TasksScreen(ShoalScreen):
         job = self.shoal.feed.job(self.job_id)
         name = f"job {self.job_id}" + (f" {job.name}" if job else "")
         total = f" · {self.table.total:,} shown" if self.table.total or self.table.window else ""
-        self.query_one("#tasks-caption", Static).update(f"{name} · {self.query_state.describe()}{total}")
+        text = f"{name} · {self.query_state.describe()}{total}"
+        if text != self._caption_text:
+            # Said again with every page: a repaint of its one line only when
+            # it changed, and never a layout of the screen (its height is fixed).
+            self._caption_text = text
+            self.query_one("#tasks-caption", Static).update(text, layout=False)
 
     # --- data ----------------------------------------------------------------------
 
@@ -137,7 +143,7 @@ class TasksScreen(ShoalScreen):
         if (tick.forced or (self.job_id in tick.touched and now - self._refreshed >= REFRESH_EVERY)) and self.is_mounted:
             self._refreshed = now
             table = self.table
-            self.pages.want((table.window_offset if table.window else table.wanted_offset(), WINDOW))
+            self.pages.want((table.window_offset if table.window else table.wanted_offset(), table.window_size))
 
     def _requery(self, **changes: object) -> None:
         self.query_state = replace(self.query_state, **changes)  # type: ignore[arg-type]

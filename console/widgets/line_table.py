@@ -25,11 +25,14 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
+from textual.scrollbar import ScrollBar
 from textual.strip import Strip
+
+from console.widgets.scrollbar import ThumbScrollBar
 
 Span = tuple[str, str]  # (text, tone)
 Cell = str | Span | tuple[Span, ...]  # plain text, toned text, or toned pieces (a progress bar)
@@ -40,6 +43,11 @@ STRIP_CACHE = 1024  # finished lines kept: a few screens of them
 
 
 FLEX_MIN = 10  # a flexible column narrower than this is dropped instead
+
+
+def _cells(text: str) -> int:
+    """Terminal cells of ``text``: its length when it is ASCII (most cells)."""
+    return len(text) if text.isascii() else cell_len(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,17 @@ class LineTable(ScrollView, can_focus=True):
     # --- geometry ------------------------------------------------------------------
 
     @property
+    def vertical_scrollbar(self) -> ScrollBar:
+        """Textual's own property, making a ``ThumbScrollBar`` instead (see
+        widgets/scrollbar.py). Textual 8 makes it the same way."""
+        if self._vertical_scrollbar is None:
+            bar = ThumbScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
+            bar.display = False
+            self._vertical_scrollbar = bar
+            self.app._start_widget(self, bar)
+        return self._vertical_scrollbar
+
+    @property
     def visible_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
 
@@ -166,49 +185,132 @@ class LineTable(ScrollView, can_focus=True):
             self._styles[parts] = style
         return style
 
-    def _line(self, cells: Sequence[Cell], mode: str, width: int) -> Strip:
-        key = (mode, width, *cells)
+    def _line(self, cells: Sequence[Cell], mode: str, width: int, full: int) -> Strip:
+        """One finished line: the cells laid out in ``width``, padded to
+        ``full`` (the content width, under the scrollbar too) so Textual
+        need not adjust it."""
+        key = (mode, full, width, *cells)
         strip = self._strips.get(key)
         if strip is not None:
             return strip
         base = self._style(mode)
+        # Pieces of text in one style are joined into one segment: a line is
+        # a few segments, not two per cell, and every later step (filters,
+        # the compositor's cuts, the driver) costs per segment.
         segments: list[Segment] = []
+        text: list[str] = []  # pieces in ``style`` not yet made a segment
+        style = base
+        used = 0
         for column, size, cell in zip(self.columns, self._column_widths(width), cells, strict=False):
             if size <= 0:
                 continue
-            spans: Sequence[Span] = ((cell, ""),) if isinstance(cell, str) else (cell,) if isinstance(cell[0], str) else cell
+            if type(cell) is str:  # the common case: plain text in the line's style
+                length = _cells(cell)
+                if length > size:
+                    cell, length = set_cell_size(cell, size), size
+                pad = " " * (size - length)
+                if style is not base:
+                    segments.append(Segment("".join(text), style))
+                    text, style = [], base
+                text.append(pad + cell + " " if column.right else cell + pad + " ")
+                used += size + 1
+                continue
+            spans: Sequence[Span] = (cell,) if isinstance(cell[0], str) else cell  # type: ignore[assignment]
             room = size
-            used = sum(cell_len(text) for text, _ in spans)
-            if column.right and used < size:
-                segments.append(Segment(" " * (size - used), base))
-                room = used
-            for text, tone in spans:
+            if column.right:
+                total = sum(_cells(piece) for piece, _ in spans)
+                if total < size:
+                    if style is not base:
+                        segments.append(Segment("".join(text), style))
+                        text, style = [], base
+                    text.append(" " * (size - total))
+                    room = total
+            for piece, tone in spans:
                 if room <= 0:
                     break
-                piece = set_cell_size(text, min(room, cell_len(text)))
-                segments.append(Segment(piece, self._style(mode, tone) if tone else base))
-                room -= cell_len(piece)
-            if room > 0:
-                segments.append(Segment(" " * room, base))
-            segments.append(Segment(" ", base))
-        strip = Strip(segments).adjust_cell_length(width, base)
+                length = _cells(piece)
+                if length > room:
+                    piece, length = set_cell_size(piece, room), room
+                piece_style = self._style(mode, tone) if tone else base
+                if piece_style is not style:
+                    if text:
+                        segments.append(Segment("".join(text), style))
+                    text, style = [], piece_style
+                text.append(piece)
+                room -= length
+            if style is not base:
+                segments.append(Segment("".join(text), style))
+                text, style = [], base
+            text.append(" " * (room + 1))  # what the cell leaves, and the gap after it
+            used += size + 1
+        if used <= width and used < full:  # the rest of the line, under the scrollbar too
+            if style is not base:
+                segments.append(Segment("".join(text), style))
+                text, style = [], base
+            text.append(" " * (full - used))
+        if text:
+            segments.append(Segment("".join(text), style))
+        if used <= width:
+            strip = Strip(segments, max(used, full))
+        else:  # the columns overflow (a terminal narrower than the fixed ones)
+            strip = Strip(segments, used).crop(0, width).adjust_cell_length(full, base)
         if len(self._strips) >= STRIP_CACHE:
             self._strips.clear()
         self._strips[key] = strip
         return strip
 
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        return self._row_line(y, self.scrollable_content_region.width, self.content_region.width)
+
+    def _row_line(self, y: int, width: int, full: int) -> Strip:
         if y == 0:
-            return self._line([c.label for c in self.columns], "header", width)
+            return self._line([c.label for c in self.columns], "header", width, full)
         index = self.first_visible + y - 1
         if index >= self.row_count:
-            return Strip.blank(width, self._style())
+            return Strip.blank(full, self._style())
         mode = "cursor" if index == self.cursor else ""
         cells = self.row(index)
         if cells is None:
-            return self._line(["…"], mode or "placeholder", width)
-        return self._line(cells, mode, width)
+            return self._line(["…"], mode or "placeholder", width, full)
+        return self._line(cells, mode, width, full)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """The lines in ``crop``, with the app's line filters applied.
+
+        Textual's own path re-renders every line of a widget that scrolled,
+        builds a new strip for each (background, tint, opacity) and runs the
+        filters on it: 37 lines a keypress on a full-height table. A table
+        with a plain box (no border, padding, tint or opacity: what the theme
+        gives it) needs none of that: its lines are already finished strips,
+        cached per row, and a filtered strip is cached on the strip itself,
+        so a scroll by one row costs one new line. Any other box takes
+        Textual's path."""
+        styles = self.styles
+        if (
+            styles.gutter != (0, 0, 0, 0)
+            or styles.tint.a
+            or styles.text_opacity != 1.0
+            or self.opacity != 1.0
+            or self._border_title is not None
+            or self._border_subtitle is not None
+            or (styles.has_rule("hatch") and styles.hatch != "none")
+            or any(edge for edge, _ in styles.outline)
+        ):
+            return super().render_lines(crop)
+        width = self.content_region.width
+        inner = self.scrollable_content_region.width
+        background = self.background_colors[1]
+        filters = self.get_line_filters()
+        strips: list[Strip] = []
+        for y in crop.line_range:
+            strip = self._row_line(y, inner, width)
+            for line_filter in filters:
+                strip = strip.apply_filter(line_filter, background)
+            strips.append(strip)
+        if crop.column_span != (0, width):
+            x1, x2 = crop.column_span
+            strips = [strip.crop(x1, x2) for strip in strips]
+        return strips
 
     def on_focus(self) -> None:
         self.notify_style_update()  # :focus changes the cursor's look

@@ -15,7 +15,9 @@ from console.widgets.format import duration, status_tone
 from console.widgets.line_table import Column, LineTable, Row
 from engine.views import TaskInfo, TaskPage
 
-WINDOW = 300  # rows fetched per query: three screens of a tall terminal
+WINDOW = 300  # rows fetched per query, at least: three screens of a tall terminal
+WINDOW_SCREENS = 10  # ... and at least this many screens of rows
+AHEAD_SCREENS = 2  # fetch the next window when the view is this close to an edge
 
 COLUMNS = [
     Column("TASK", 8, right=True),
@@ -70,12 +72,23 @@ class TaskTable(LineTable):
         )
 
     def set_page(self, page: TaskPage) -> None:
-        """A page arrived: it becomes the window."""
+        """A page arrived: it becomes the window. Only the lines on screen
+        whose row changed are repainted (a running job's page every half
+        second changes a few rows; a page fetched ahead of the view, none)."""
+        top = self.first_visible
+        shown = range(top, min(top + self.visible_rows, max(self.total, page.total)))
+        before = [self.row(i) for i in shown]
+        same_total = page.total == self.total
         self.total = page.total
         self.window_offset = page.offset
         self.window = list(page.rows)
         self._asked = None
-        self.rows_changed()
+        if same_total and self.first_visible == top:
+            for index, old in zip(shown, before, strict=True):
+                if self.row(index) != old:
+                    self.refresh_line(index + 1)
+        else:
+            self.rows_changed()
         self.check_window()
 
     def clear(self) -> None:
@@ -87,17 +100,23 @@ class TaskTable(LineTable):
         self.refresh()
         self.request(0)
 
+    @property
+    def window_size(self) -> int:
+        """Rows to fetch: a window centred on the view, screens deep each way."""
+        return max(WINDOW, WINDOW_SCREENS * self.visible_rows)
+
     def wanted_offset(self) -> int:
         """Where the window should start for what is on screen now."""
-        return max(0, self.first_visible - (WINDOW - self.visible_rows) // 2)
+        return max(0, self.first_visible - (self.window_size - self.visible_rows) // 2)
 
     def check_window(self) -> None:
         top, bottom = self.first_visible, min(self.total, self.first_visible + self.visible_rows)
         start, end = self.window_offset, self.window_offset + len(self.window)
         covered = start <= top and bottom <= end
-        # Refetch before the edge is on screen, so plain scrolling never
-        # shows a placeholder.
-        near = (top - start < self.visible_rows and start > 0) or (end - bottom < self.visible_rows and end < self.total)
+        # Refetch while the edge is still screens away, so neither a scroll
+        # by a row nor a page ever waits for a query (or shows a placeholder).
+        ahead = AHEAD_SCREENS * self.visible_rows
+        near = (top - start < ahead and start > 0) or (end - bottom < ahead and end < self.total)
         if not covered or near:
             self.request(self.wanted_offset())
 
@@ -105,7 +124,7 @@ class TaskTable(LineTable):
         if self._asked == offset:
             return
         self._asked = offset
-        self.post_message(self.WindowNeeded(self, offset, WINDOW))
+        self.post_message(self.WindowNeeded(self, offset, self.window_size))
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
