@@ -241,6 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, spec: Any) -> int:
     from console.headless import run_job
     from engine.api import Engine
+    from engine.interface import EngineError
 
     try:
         engine = await Engine.open(
@@ -250,12 +251,14 @@ async def _run(args: argparse.Namespace, spec: Any) -> int:
             mdns_interfaces=args.mdns_interface,
             trust_new=args.trust_new,
         )
-    except RuntimeError as exc:
+    except (RuntimeError, EngineError) as exc:  # e.g. the state dir is locked, or full
         raise UserError(str(exc)) from None
     try:
         if not await engine.nodes() and not args.mdns_interface:
             raise UserError("no nodes: give --node HOST:PORT or --mdns-interface IP")
         return await run_job(engine, spec, as_json=args.json, quiet=args.quiet, wait_for_nodes=args.wait_for_nodes)
+    except EngineError as exc:  # e.g. the submit found the state dir full
+        raise UserError(str(exc)) from None
     finally:
         await engine.close()
 
@@ -287,7 +290,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'JOB':>5}  {'NAME':<24} {'STATUS':<10} {'DONE':>12}  FAILED")
     for j in jobs:
-        print(f"{j.id:>5}  {j.name[:24]:<24} {j.status:<10} {j.done:>6}/{j.total:<5}  {j.counts.get('failed', 0)}")
+        status = "blocked" if j.blocked else j.status
+        print(f"{j.id:>5}  {j.name[:24]:<24} {status:<10} {j.done:>6}/{j.total:<5}  {j.counts.get('failed', 0)}")
+    blocked = next((j.blocked for j in jobs if j.blocked), "")
+    if blocked:
+        print(f"blocked: {blocked}")
     return EXIT_OK
 
 

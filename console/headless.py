@@ -103,7 +103,9 @@ async def run_job(
                     said_unmet = sentence
                     out.message(f"shoal: job {job_id} waits: {sentence}")
             waiting = ""
-            if nodes_up == 0:
+            if info.blocked:  # the engine holds results until its state dir takes writes again
+                waiting = "  blocked: " + info.blocked
+            elif nodes_up == 0:
                 waiting = "  waiting for nodes: " + (diagnose.unreachable(nodes) or "none known yet")
             elif unmet is not None:
                 waiting = "  waiting: " + unmet[1]

@@ -13,6 +13,7 @@ about any UI.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -137,13 +138,26 @@ class Engine:
 
     async def jobs(self) -> list[JobInfo]:
         now, held = time.time(), self.coordinator.core.jobs
-        return [live.job_info(row, held.get(row["id"]), self.coordinator.live, now) for row in self.coordinator.store.jobs()]
+        return [
+            self._blocked(live.job_info(row, held.get(row["id"]), self.coordinator.live, now))
+            for row in self.coordinator.store.jobs()
+        ]
 
     async def job(self, job_id: int) -> JobInfo:
         rows = self.coordinator.store.jobs(job_id)
         if not rows:
             raise EngineError(f"no job {job_id} (see 'shoal jobs')")
-        return live.job_info(rows[0], self.coordinator.core.jobs.get(job_id), self.coordinator.live, time.time())
+        return self._blocked(live.job_info(rows[0], self.coordinator.core.jobs.get(job_id), self.coordinator.live, time.time()))
+
+    def _blocked(self, info: JobInfo) -> JobInfo:
+        """A running job says so while the state dir refuses its progress; a
+        job whose end is not stored yet is still running."""
+        writes = self.coordinator.writes
+        if writes.refused is None:
+            return info
+        if writes.holds_end_of(info.id):
+            return dataclasses.replace(info, status="running", finished_at=None, blocked=writes.blocked)
+        return dataclasses.replace(info, blocked=writes.blocked) if info.status == "running" else info
 
     async def result(self, job_id: int) -> Any:
         """The aggregated result (partial while the job runs)."""
@@ -158,7 +172,7 @@ class Engine:
             await asyncio.wait_for(self.coordinator.wait_job(job_id), timeout)
         except TimeoutError:
             held = self.coordinator.core.jobs.get(job_id)
-            why = diagnose.why_waiting(held.spec if held else None, self.coordinator.node_infos())
+            why = self.coordinator.writes.blocked or diagnose.why_waiting(held.spec if held else None, self.coordinator.node_infos())
             raise TimeoutError(f"job {job_id} is still running after {timeout:g}s" + (f": {why}" if why else "")) from None
         job = self.coordinator.core.jobs.get(job_id)
         return job.status.value if job is not None else (await self.job(job_id)).status

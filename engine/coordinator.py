@@ -9,6 +9,10 @@ once per event-loop turn, carries out the core's effects in a fixed order:
 3. send ``ack`` for the results just committed (never before the commit, so
    an agent forgets a result only once it is safe on our disk);
 4. publish events to the UIs.
+
+If the state dir refuses the commit (disk full), steps 2, 3 and a job's end
+wait with the batch until it is on disk (engine/writeback.py); links stay
+up, events other than a job's end go out, and the UIs are told why.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from engine.spec import JobSpec
 from engine.store import Store
 from engine.trust import KnownHosts, TrustError, fingerprint
 from engine.views import NodeInfo
+from engine.writeback import Batch, WriteBack
 from nodeagent.protocol import (
     Ack,
     Cancel,
@@ -92,6 +97,8 @@ class Coordinator:
         self.client_key = client_key
         self.trust_new = trust_new
         self.console_id = store.console_id()
+        self.writes = WriteBack(store)  # flushes on their way to disk, held while it refuses them
+        self._said_blocked = False
         self.core = c.EngineCore(config, rng)
         self.bus = ev.EventBus()
         self.live = live.LiveState()  # read-side extras for the API: output tails, load history
@@ -131,6 +138,14 @@ class Coordinator:
         if self._ticker:
             self._ticker.cancel()
         self._flush()
+        self._carry_out_all(self.writes.retry(force=True))
+        if self.writes.held:
+            # Not acked, so the agents keep these in their journals: the next
+            # engine on this state dir collects them when it reconnects.
+            log.warning(
+                "%s; %d results not saved: the agents keep them, and the next engine on %s collects them",
+                self.writes.refused, self.writes.held_results(), self.store.path.parent,
+            )
         for node in list(self._unacked):
             self._send(node, [Ack(self._unacked.pop(node))])
         for peer in self.peers.values():
@@ -156,7 +171,8 @@ class Coordinator:
             if known.hint and not hint:  # now named by the operator too
                 known.hint = False
                 if known.link is not None:
-                    self.store.remember_node(address)
+                    self.writes.remember_node(address)
+                    self._say_blocked()
             return
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
@@ -179,7 +195,7 @@ class Coordinator:
         if peer is None or peer.presented_key is None:
             raise KeyError(f"no key seen from {address} yet")
         self.known_hosts.pin(peer.host, peer.port, peer.presented_key, replace=replace)
-        self.store.write([], [(time.time(), actor, "trust", address, fingerprint(peer.presented_key))], [])
+        self._record(inputs.AuditEntry(time.time(), actor, "trust", address, fingerprint(peer.presented_key)))
         peer.wake.set()
         return fingerprint(peer.presented_key)
 
@@ -223,10 +239,11 @@ class Coordinator:
         if pinned is None:
             # First trust, asked for with --trust-new: pin it like ssh would.
             self.known_hosts.pin(peer.host, peer.port, link.host_key)
-            self.store.write([], [(time.time(), "engine", "trust-new", peer.address, fingerprint(link.host_key))], [])
+            self._record(inputs.AuditEntry(time.time(), "engine", "trust-new", peer.address, fingerprint(link.host_key)))
         # Reached and its key is pinned: trusted now, so a known node.
         peer.hint = False
-        self.store.remember_node(peer.address)
+        self.writes.remember_node(peer.address)
+        self._say_blocked()
         return link
 
     async def _wait_for_trust(self, peer: Peer, exc: Exception) -> None:
@@ -314,6 +331,9 @@ class Coordinator:
         if spec is None:
             raise KeyError(f"no job {job_id}")
         self.settle()  # outcomes decided so far are in the store the rows come from
+        self._carry_out_all(self.writes.retry(force=True))
+        if self.writes.refused is not None:  # some are held, not in the store yet
+            raise self.writes.refused
         job = self.core.jobs.get(job_id)
         if not failed_only and indices is None and job is not None and job.status.value == "running":
             raise ValueError(f"job {job_id} is still running; cancel it first or resubmit --failed")
@@ -358,7 +378,58 @@ class Coordinator:
             (j.id, j.status.value, j.finished_at, j.reducer.result(), j.counts_by_label())
             for j in out.finished_jobs
         ]
-        self.store.write(out.task_rows, out.audit, jobs)
+        targets = {*out.runs, *out.cancels, *(node for node, _ in out.drains)}
+        batch = Batch(out, jobs, {node: self.peers[node].link for node in targets if node in self.peers})
+        self._persist(batch)
+
+    def _record(self, entry: inputs.AuditEntry) -> None:
+        """An audit entry of the I/O shell's own (trust), stored in order with the flushes."""
+        self._persist(Batch(inputs.Effects(audit=[entry])))
+
+    def _persist(self, batch: Batch) -> None:
+        if self.writes.refused is not None and not _waits_for_disk(batch):
+            self._hold(batch)  # while blocked: a heartbeat's news is not held
+            return
+        done = self.writes.persist(batch)
+        if not done:
+            self._hold(batch)
+        self._say_blocked()
+        self._carry_out_all(done)
+
+    def _hold(self, batch: Batch) -> None:
+        """What of a held batch need not wait for the disk goes now: events
+        (a job's end waits: its waiters are told it is stored) and the
+        closing of links to nodes declared lost."""
+        out = batch.effects
+        ended = [e for e in out.events if type(e) is ev.JobFinished]
+        self._publish([e for e in out.events if type(e) is not ev.JobFinished])
+        out.events = ended
+        for node in out.disconnects:
+            peer = self.peers.get(node)
+            if peer is not None and peer.link is not None:
+                peer.link.close()
+        out.disconnects = []
+
+    def _say_blocked(self) -> None:
+        """Tell the UIs, once, when writes start being held and when they go through again."""
+        blocked = self.writes.refused is not None
+        if blocked == self._said_blocked:
+            return
+        self._said_blocked = blocked
+        if blocked:
+            line = self.writes.blocked
+        else:
+            line = f"state dir {self.store.path.parent} takes writes again: the held results are stored, carrying on"
+        log.info("%s", line)
+        self._publish([ev.Alert("error" if blocked else "info", line)])
+
+    def _carry_out_all(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self._carry_out(batch)
+
+    def _carry_out(self, batch: Batch) -> None:
+        """Everything that waits for the batch's commit: frames, acks, a job's end."""
+        out = batch.effects
         # Acks ride along with the next frames to that node (one SSH packet,
         # not two), or go on the next tick; a late ack only means the agent
         # keeps a result in its journal a little longer.
@@ -375,7 +446,13 @@ class Coordinator:
             if node in sends or len(ids) >= ACK_BATCH:
                 sends.setdefault(node, []).append(Ack(self._unacked.pop(node)))
         for node, messages in sends.items():
-            self._send(node, messages)
+            peer = self.peers.get(node)
+            if node in batch.links and (peer is None or peer.link is not batch.links[node]):
+                # Held past a reconnect: the core ended those attempts with
+                # the old link, so its acks only go to the new one.
+                messages = [m for m in messages if isinstance(m, Ack)]
+            if messages:
+                self._send(node, messages)
         for node in out.disconnects:
             peer = self.peers.get(node)
             if peer is not None and peer.link is not None:
@@ -420,6 +497,10 @@ class Coordinator:
             last = mono
             self.core.handle(inputs.Tick(time.time()))
             self._schedule_flush()
+            if self.writes.refused is not None:
+                done = self.writes.retry()
+                self._say_blocked()
+                self._carry_out_all(done)
             for node in list(self._unacked):
                 self._send(node, [Ack(self._unacked.pop(node))])
 
@@ -438,6 +519,13 @@ class Coordinator:
     def job_result(self, job_id: int) -> Any:
         job = self.core.jobs.get(job_id)
         return job.reducer.result() if job else self.store.job_result(job_id)
+
+
+def _waits_for_disk(batch: Batch) -> bool:
+    """Whether the batch holds anything to store or anything that must
+    follow the batches held before it (frames, acks, a job's end)."""
+    out = batch.effects
+    return bool(out.task_rows or out.audit or batch.jobs or out.acks or out.runs or out.cancels or out.drains or out.finished_jobs)
 
 
 def engine_lock(state_dir: Path) -> Any:

@@ -9,6 +9,11 @@ microseconds per task, not a commit per task.
 
 ``synchronous=NORMAL`` in WAL mode survives a crash of the engine process
 (``kill -9``); a power cut may lose the last flushes, never corrupt the file.
+
+A write the state dir refuses (disk full, an I/O error, a read-only remount)
+raises ``StoreUnavailable`` with one line for a person, after rolling the
+transaction back: nothing of it is on disk and the same write can be tried
+again later (engine/writeback.py holds and retries the engine's flushes).
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from engine.interface import EngineError
 from engine.model import TERMINAL, TaskStatus
 from engine.paths import private_file
 from engine.spec import JobSpec
@@ -138,6 +145,31 @@ def unpack(blob: bytes | None) -> Any:
     return None if blob is None else msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+# SQLite's primary result codes for a state dir that cannot take a write now
+# but may later: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+_DISK_CODES = {8: "cannot write", 10: "cannot write", 13: "disk full", 14: "cannot write"}
+
+
+class StoreUnavailable(EngineError):
+    """The state dir refused a write; nothing of it was kept. ``str()`` is
+    one line: ``state dir /x: disk full (database or disk is full)``."""
+
+    def __init__(self, state_dir: Path, what: str, detail: str) -> None:
+        self.state_dir, self.what, self.detail = state_dir, what, detail
+        super().__init__(f"state dir {state_dir}: {what} ({detail})")
+
+
+def _disk_trouble(exc: BaseException) -> str | None:
+    """What the state dir's trouble is, if ``exc`` is the disk refusing a write."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # not from the library itself: go by its words
+        text = str(exc)
+        return "disk full" if "full" in text else "cannot write" if "I/O error" in text else None
+    return _DISK_CODES.get(code & 0xFF)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -145,19 +177,46 @@ class Store:
         for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if part == path or part.exists():
                 private_file(part)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        self.db.execute("DROP INDEX IF EXISTS tasks_by_status")  # full indexes of an earlier version
-        self.db.execute("DROP INDEX IF EXISTS tasks_by_node")
-        for name in ("kind", "reducer"):  # a state dir from before these columns
-            if name not in columns:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            self.db.execute("DROP INDEX IF EXISTS tasks_by_status")  # full indexes of an earlier version
+            self.db.execute("DROP INDEX IF EXISTS tasks_by_node")
+            for name in ("kind", "reducer"):  # a state dir from before these columns
+                if name not in columns:
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError as exc:
+            what = _disk_trouble(exc)
+            if what is None:
+                raise
+            raise StoreUnavailable(path.parent, what, str(exc)) from None
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, rolled back whole if anything in it fails, COMMIT
+        included (a commit that finds the disk full may leave the transaction
+        open, and every later BEGIN would fail: the engine wedged for good)."""
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolled it back itself
+            what = _disk_trouble(exc)
+            if what is None:
+                raise
+            raise StoreUnavailable(self.path.parent, what, str(exc)) from None
 
     # --- identity ---------------------------------------------------------------
 
@@ -167,14 +226,14 @@ class Store:
         if row:
             return str(row[0])
         value = uuid.uuid4().hex
-        self.db.execute("INSERT INTO meta VALUES ('console_id', ?)", (value,))
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('console_id', ?)", (value,))
         return value
 
     # --- writes -----------------------------------------------------------------
 
     def add_job(self, spec: JobSpec, now: float, actor: str = "operator") -> int:
-        with self.db:
-            self.db.execute("BEGIN")
+        with self._transaction():
             cur = self.db.execute(
                 "INSERT INTO jobs (name, spec, status, total, submitted_at, kind, reducer)"
                 " VALUES (?, ?, 'running', ?, ?, ?, ?)",
@@ -192,13 +251,16 @@ class Store:
         task_rows: Sequence[tuple[Any, ...]],
         audit: Sequence[tuple[float, str, str, str, str]],
         jobs: Iterable[tuple[int, str, float, Any, dict[str, int]]],
+        nodes: Sequence[str] = (),
     ) -> None:
         """One transaction: task outcomes, audit entries, job status changes
-        (id, status, finished_at, result, counts). A row that does not end its
-        task (a retry or a requeue) also goes to ``attempts``, so the task's
-        timeline keeps it once the next attempt overwrites the row."""
+        (id, status, finished_at, result, counts), nodes to remember. A row
+        that does not end its task (a retry or a requeue) also goes to
+        ``attempts``, so the task's timeline keeps it once the next attempt
+        overwrites the row. All or nothing: StoreUnavailable if the state
+        dir refuses it."""
         job_rows = [(status, finished, pack(result), pack(counts), job_id) for job_id, status, finished, result, counts in jobs]
-        if not (task_rows or audit or job_rows):
+        if not (task_rows or audit or job_rows or nodes):
             return
         rows = [
             r[:7] + (pack(r[7]),) + r[8:11] + (r[11][-STORED_TAIL_BYTES:], r[12][-STORED_TAIL_BYTES:]) + r[13:]
@@ -208,9 +270,7 @@ class Store:
         # drained or refused); a queued row with no node is a resubmit or a
         # restart's reservation, which ended no attempt.
         ended = [r for r in task_rows if r[2] < _SUCCEEDED and r[6]] if task_rows and min(map(_STATUS, task_rows)) < _SUCCEEDED else []
-        db = self.db
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             if rows:
                 db.executemany(_UPSERT_TASK, rows)
             if ended:
@@ -229,10 +289,8 @@ class Store:
                 db.executemany("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)", audit)
             if job_rows:
                 db.executemany("UPDATE jobs SET status = ?, finished_at = ?, result = ?, counts = ? WHERE id = ?", job_rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            if nodes:
+                db.executemany("INSERT OR IGNORE INTO nodes VALUES (?, ?)", [(address, time.time()) for address in nodes])
 
     def _archive_finished(self, where: str, params: tuple[Any, ...]) -> None:
         """Copy the final attempts of the tasks ``where`` selects into
@@ -254,8 +312,7 @@ class Store:
         chosen = sorted(indices)
         if not chosen:
             return
-        with self.db:
-            self.db.execute("BEGIN")
+        with self._transaction():
             self.db.execute("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?", (job_id,))
             for chunk in _chunks(chosen, 500):
                 marks = ",".join("?" * len(chunk))
@@ -266,11 +323,12 @@ class Store:
                 )
 
     def remember_node(self, address: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO nodes VALUES (?, ?)", (address, time.time()))
+        self.write([], [], [], [address])
 
     def forget_node(self, address: str) -> bool:
         """Stop redialing ``address`` at start; False if it was not known."""
-        return self.db.execute("DELETE FROM nodes WHERE address = ?", (address,)).rowcount > 0
+        with self._transaction() as db:
+            return db.execute("DELETE FROM nodes WHERE address = ?", (address,)).rowcount > 0
 
     # --- reads ------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ class JobInfo(_View):
     eta: float | None = None  # seconds left at that rate; None when unknown or ended
     kind: str = ""  # call, shell, pickle
     reduce: str = ""
+    # Why the engine cannot store this running job's progress now ("state dir
+    # /x: disk full (...); results are held, retrying every 2 s"), or "".
+    blocked: str = ""
 
     @property
     def done(self) -> int:

@@ -24,7 +24,6 @@ import psutil
 
 from nodeagent.consolekeys import ConsoleKeys
 from nodeagent.executor import Executor, ExecutorListener
-from nodeagent.valuesend import ValueSender
 from nodeagent.protocol import (
     ERR_PROTOCOL,
     ERR_STATE,
@@ -52,6 +51,7 @@ from nodeagent.protocol import (
     decode_body,
     encode,
 )
+from nodeagent.valuesend import ValueSender
 
 log = logging.getLogger("shoal.agent")
 

@@ -1,0 +1,156 @@
+"""Issue 11 item 10: a full disk must not wedge the engine.
+
+A real ``shoal run`` keeps its state dir on a real small filesystem (a tmpfs
+of a few MiB, mounted for the test: it needs root) with real agents on
+127.0.0.1. Mid-job a filler file takes every free byte; the run says so in
+one line, with no traceback, holds its results (the agents keep them: they
+are not acked), keeps its nodes, and `shoal jobs` says it is blocked. Once
+the filler is gone the run finishes by itself, with the exact result, each
+task run and counted once."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from demos.cluster import REPO, LocalCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+TASKS = 400
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("filling a real filesystem needs a tmpfs mounted for the test, and mounting needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path, [4, 4]) as running:
+        yield running
+
+
+def fill_up(path: Path) -> None:
+    """Write zeros until the filesystem has no byte left."""
+    chunk = bytes(64 * 1024)
+    with open(path, "wb", buffering=0) as handle:
+        while True:
+            try:
+                handle.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+    with open(path, "ab", buffering=0) as handle:  # the last partial block
+        for _ in range(64):
+            try:
+                handle.write(bytes(1024))
+            except OSError:
+                break
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when_space_is_back(
+    tmp_path: Path, small_disk: Path, cluster: LocalCluster
+) -> None:
+    state_dir = small_disk / "state"
+    executions = tmp_path / "executions"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'name = "disk"\n'
+        f'shell = "echo {{item}} >> {executions}; sleep 0.05; echo {{item}}"\n'
+        f"items = {{ range = [0, {TASKS}] }}\n"
+        'reduce = "sum"\n'
+    )
+    common = ["--state-dir", str(state_dir)]
+    nodes = [flag for address in cluster.addresses for flag in ("--node", address)]
+    stderr_path = tmp_path / "run.stderr"
+
+    def stderr() -> str:
+        return stderr_path.read_text(errors="replace")
+
+    def shoal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "console.cli", *args, *common], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+
+    def ran() -> list[str]:
+        return executions.read_text().split() if executions.exists() else []
+
+    filler = small_disk / "filler"
+    with open(stderr_path, "w") as err:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "run", str(job), *nodes, *common, "--config-dir", str(cluster.config_dir), "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    try:
+        until(lambda: len(ran()) >= 40, "40 tasks run", 60)
+        fill_up(filler)
+        until(lambda: "disk full" in stderr(), "the run says the disk is full", 20)
+        # Blocked, not wedged: the progress line says why, the nodes stay up,
+        # and `shoal jobs` (over the engine's socket) shows it.
+        until(lambda: "blocked: state dir" in stderr(), "the progress line says it is blocked", 20)
+        listing = shoal("jobs", "--json")
+        assert listing.returncode == 0, listing.stderr
+        (info,) = json.loads(listing.stdout)
+        assert info["status"] == "running" and info["blocked"].startswith(f"state dir {state_dir}: disk full")
+        assert "blocked" in shoal("jobs").stdout
+        nodes_now = json.loads(shoal("nodes", "--json").stdout)
+        assert [n["state"] for n in nodes_now] == ["up", "up"]
+        assert run.poll() is None
+        filler.unlink()
+        out, _ = run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 0, stderr()[-3000:]
+    report = json.loads(out)
+    assert report["status"] == "succeeded"
+    assert report["result"] == sum(range(TASKS)) and report["counts"]["succeeded"] == TASKS
+    text = stderr()
+    assert "Traceback" not in text and "OperationalError" not in text, text[-3000:]
+    said = [line for line in text.splitlines() if line.startswith("shoal: ")]
+    full = (
+        f"shoal: error: state dir {state_dir}: disk full (database or disk is full);"
+        " results are held, retrying every 2 s"
+    )
+    assert said.count(full) == 1, said
+    assert f"shoal: info: state dir {state_dir} takes writes again: the held results are stored, carrying on" in said
+    assert not [line for line in said if "lost" in line], said  # no node was dropped
+    # Each task ran once and is stored once, on its first attempt.
+    assert Counter(ran()) == Counter(str(i) for i in range(TASKS))
+    db = sqlite3.connect(state_dir / "shoal.db")
+    try:
+        rows = db.execute("SELECT idx, status, attempts FROM tasks ORDER BY idx").fetchall()
+    finally:
+        db.close()
+    assert rows == [(i, 3, 1) for i in range(TASKS)]
