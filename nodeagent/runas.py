@@ -18,6 +18,7 @@ Imported by the agent only; workers never need it.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pwd
 import stat
@@ -25,12 +26,19 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodeagent.procs import helper_command, helper_env
 from nodeagent.values import PART_SUFFIX
 
+if TYPE_CHECKING:
+    import asyncio
+
+log = logging.getLogger("shoal.agent.runas")
+
 COPY_BYTES = 1 << 20
+RELAY_LINE_CHARS = 500
+RELAY_BYTES = 64 * 1024  # what one worker may put in the agent's log, in all
 PROBE_SECONDS = 30.0  # a cold interpreter on a slow disk can take seconds
 # A job's own cwd is entered by the task itself, once it is USER: Popen's
 # cwd= would chdir as root, before the credentials change, and a process
@@ -209,3 +217,66 @@ def _copy(source: int, target: Path) -> None:
         os.unlink(target)
         raise
     os.close(fd)
+
+
+class StderrRelay:
+    """The stderr of a worker of USER's, relayed into the agent's log.
+
+    A worker keeps its stderr for its own failures, and the tasks it runs
+    share its process: handing it the agent's own log descriptor would let
+    any task append what it likes to root's log. So it gets a pipe; each
+    line read becomes one log record saying which worker wrote it, quoted
+    (no line of its own, no control characters), up to ``RELAY_BYTES`` per
+    worker; past that it is read and dropped, so the worker never blocks.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, user: RunAs) -> None:
+        self._loop = loop
+        self._user = user
+        self._read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)  # the child gets write_fd as its stderr
+        self._pid = 0
+        self._held = b""
+        self._logged = 0
+
+    def start(self, pid: int) -> None:
+        """The worker is started: keep only the read end, and read it."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+        self._pid = pid
+        os.set_blocking(self._read_fd, False)
+        self._loop.add_reader(self._read_fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._read_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.close()
+            return
+        *lines, self._held = (self._held + data).split(b"\n")
+        self._held = self._held[-RELAY_LINE_CHARS:]
+        for line in lines:
+            self._log(line)
+
+    def _log(self, line: bytes) -> None:
+        if self._logged >= RELAY_BYTES:
+            return
+        self._logged += len(line)
+        text = line.decode("utf-8", "replace")[:RELAY_LINE_CHARS]
+        log.warning("python worker %d (as %s) wrote on stderr: %r", self._pid, self._user.name, text)
+        if self._logged >= RELAY_BYTES:
+            log.warning("python worker %d (as %s): more on stderr, not logged", self._pid, self._user.name)
+
+    def close(self) -> None:
+        if self._read_fd >= 0:
+            if self._pid:
+                self._loop.remove_reader(self._read_fd)
+            os.close(self._read_fd)
+            self._read_fd = -1
+            if self._held:
+                self._log(self._held)
+                self._held = b""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1

@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from nodeagent.procs import helper_command, helper_env, kill_group, watch_exit
+from nodeagent.runas import StderrRelay
 from nodeagent.taskenv import TaskEnvironment
 from nodeagent.workerwire import (
     CMD_CANCEL,
@@ -60,6 +61,7 @@ class WorkerProcess:
         self._cmd_fd = -1
         self._res_fd = -1
         self._shm: mmap.mmap | None = None
+        self._relay: StderrRelay | None = None  # --run-as: the worker's stderr, into the agent's log
         self.ready = False
         self.killed_by_agent = False
         self.returncode: int | None = None
@@ -75,6 +77,10 @@ class WorkerProcess:
 
     def spawn(self) -> None:
         self._directory = self._task_env.new_directory("worker")
+        run_as = self._task_env.run_as
+        if run_as is not None:  # not the agent's own stdout and log: tasks share the worker's process
+            self._relay = StderrRelay(self._loop, run_as)
+            outputs = {"stdout": subprocess.DEVNULL, "stderr": self._relay.write_fd, **run_as.popen_credentials()}
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         with tempfile.TemporaryFile() as shm_file:
@@ -94,15 +100,19 @@ class WorkerProcess:
                     env=helper_env(self._task_env.worker_env(self._directory)),
                     cwd=self._directory,
                     # --run-as: the worker is the tasks' user from its first instruction
-                    **(self._task_env.run_as.popen_credentials() if self._task_env.run_as else {}),
+                    **(outputs if run_as is not None else {}),
                 )
             except OSError:
                 self._task_env.remove_directory(self._directory)
+                if self._relay is not None:
+                    self._relay.close()
                 raise
             finally:
                 os.close(cmd_r)
                 os.close(res_w)
         self._cmd_fd, self._res_fd = cmd_w, res_r
+        if self._relay is not None:
+            self._relay.start(self._proc.pid)
         os.set_blocking(cmd_w, False)
         os.set_blocking(res_r, False)
         self._loop.add_reader(res_r, self._readable)
@@ -206,6 +216,8 @@ class WorkerProcess:
         self.returncode = returncode
         self._close_results()
         self.close()
+        if self._relay is not None:
+            self._relay.close()
         self._task_env.remove_directory(self._directory)
         self._on_exit(self, returncode)  # may still read current() to name the task it died in
         if self._shm is not None:

@@ -678,6 +678,24 @@ async def test_run_as_call_tasks_run_as_the_user_where_it_can_run_python(open_ro
     assert not [link for link in links if str(state_dir) in link], links
 
 
+async def test_run_as_a_task_cannot_write_lines_of_its_own_into_the_agents_log(open_root):
+    _run_as_user()
+    python = _python_the_user_can_run()
+    if not python:
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} here that {RUN_AS} can run")
+    from engine.spec import JobSpec
+
+    forged = "2026-01-01 00:00:00,000 shoal.agent console FORGED connected\nFORGED second line\n"
+    async with run_as_agent(open_root, python=python) as (engine, agent, _):
+        job_id = await engine.submit(
+            JobSpec(name="log", kind="call", fn="tests.integration.runastasks:write_agent_log", items=[forged])
+        )
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+    log = agent.stderr.read().decode()
+    assert not [line for line in log.splitlines() if "FORGED" in line.split("wrote on stderr: ", 1)[0]], log
+    assert f"(as {RUN_AS}) wrote on stderr: 'FORGED second line'" in log, log  # relayed, quoted, attributed
+
+
 @pytest.mark.parametrize("how", ["path", "link"])
 async def test_run_as_a_worker_cannot_pass_off_roots_file_as_its_value(open_root, how):
     """A worker is USER's, and so is its results pipe: a task that claims its
