@@ -4,12 +4,13 @@ column dropping on a narrow terminal, what a poll says moved."""
 from __future__ import annotations
 
 import pytest
+from textual.app import App
 
 from console.feed import Feed
 from console.screens.dialogs import PathSuggester
 from console.screens.nodes import COLUMNS as NODE_COLUMNS
 from console.screens.tasks import parse_filter
-from console.widgets.line_table import LineTable
+from console.widgets.line_table import Column, LineTable
 from engine.views import JobInfo
 
 
@@ -57,3 +58,42 @@ def test_a_poll_marks_moved_jobs_and_logs_new_failures_once():
     lines = feed.absorb_poll([], [job({"queued": 7, "failed": 3})])
     assert [line.text for line in lines] == ["job 1 frames: 3 task(s) failed (3 in all)"]
     assert feed.touched_jobs == {1} and feed.logged == 1
+
+
+class _Rows(LineTable):
+    DEFAULT_CSS = "_Rows > .line-table--bad { color: red; }"
+
+    def __init__(self, rows: list) -> None:
+        super().__init__([Column("TASK", 5, right=True), Column("STATUS", 8), Column("ERROR", 0)])
+        self.rows = rows
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def row(self, index: int):
+        return self.rows[index]
+
+
+async def test_a_table_line_is_one_segment_per_style_run_cut_to_its_columns():
+    error = "ValueError: 界 " + "x" * 80  # wide characters, and longer than its column
+    table = _Rows([("7", ("failed", "bad"), error), ("12345678", "queued", "")])
+
+    class One(App[None]):
+        def compose(self):
+            yield table
+
+    async with One().run_test(size=(60, 5)):
+        width = table.content_region.width
+        first, second = table.render_line(1), table.render_line(2)
+        assert first.cell_length == second.cell_length == width == 60
+        # 5 cells right-aligned, 8, and what is left (60 - 6 - 9 - 1 = 44),
+        # a space after each; "界" takes two cells, so 43 characters fill 44.
+        assert first.text == "    7 failed   " + error[:43] + " "
+        assert second.text == "12345 queued   " + " " * 45  # too long: cut to its column
+        styles = [segment.style for segment in first]
+        assert len(styles) == 3  # the plain run, the toned cell, the plain run
+        assert styles[0] == styles[2] != styles[1]
+        # Drawn again from the cache: the very same strip, so its filtered
+        # copy and the compositor's cuts are reused too.
+        assert table.render_line(1) is first

@@ -3,6 +3,7 @@ tasks, against a real engine and real agents."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 
@@ -69,6 +70,60 @@ async def test_tasks_filter_and_sort_are_the_engines(engine, tmp_path):
         await pilot.press("o")  # sort by the next order: status
         expected = await engine.tasks(job_id, order="status", descending=True, limit=10)
         await until(pilot, lambda: table.window == expected.rows, what="rows in the engine's status order")
+
+
+# 5,000 tasks that no node can take: they stay queued, a big real job whose
+# pages the engine builds from its never-dispatched block.
+PARKED = 'name = "parked"\nfunction = "tests.tui.taskfns:square"\ncount = 5000\nlabels = { gpu = "yes" }\n'
+
+
+async def test_scrolling_by_a_row_or_a_page_never_waits_for_a_query(engine, tmp_path):
+    job_id = await engine.submit(job(PARKED))
+    held: list[asyncio.Event] = []  # queries in flight, each answered when the test says
+    answered: list[int] = []
+    real_tasks = engine.tasks
+
+    async def slow_tasks(*args, **kwargs):
+        # A slow link: every answer takes longer than the gap between two
+        # keys. A keypress that needed it would show placeholders.
+        gate = asyncio.Event()
+        held.append(gate)
+        await gate.wait()
+        page = await real_tasks(*args, **kwargs)
+        answered.append(kwargs.get("offset", 0))
+        return page
+
+    engine.tasks = slow_tasks
+    app = app_for(engine, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        jobs = await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.query_one(ListTable))
+        await until(pilot, lambda: jobs.row_count == 1)
+        await pilot.press("enter")
+        table = await until(pilot, lambda: isinstance(app.screen, TasksScreen) and app.screen.query_one(TaskTable))
+        await until(pilot, lambda: held, what="the first query")
+        held[0].set()
+        await until(pilot, lambda: table.total == 5000 and table.window)
+        queries_before = len(held)
+        keys = [("down", 1)] * 60 + [("pagedown", table.visible_rows)] * 12 + [("up", -1)] * 20
+        for key, step in keys:
+            in_flight = [g for g in held if not g.is_set()]  # asked before this key
+            want = table.cursor + step
+            await pilot.press(key)
+            assert table.cursor == want
+            shown = range(table.first_visible, table.first_visible + table.visible_rows)
+            missing = [i for i in shown if table.task_at(i) is None]
+            assert missing == [], f"rows {missing[:3]}... not loaded after {key} to row {want}"
+            task = table.task_at(want)
+            assert task is not None and (task.index, task.status) == (want, "queued")
+            if in_flight:  # one keypress later, what was asked before it lands
+                goal = len(answered) + len(in_flight)
+                for gate in in_flight:
+                    gate.set()
+                await until(pilot, lambda goal=goal: len(answered) >= goal, what="answers")
+                await pilot.pause()
+        # Windows fetched ahead, not a query per key (~380 rows travelled).
+        assert 1 <= len(held) - queries_before <= 8, answered
+    await engine.cancel(job_id)
 
 
 async def test_resubmitted_failed_task_reruns_and_is_audited(engine, tmp_path):
