@@ -120,7 +120,7 @@ def python_refusal(user: RunAs, base_env: Mapping[str, str]) -> str:
     Tried for real: this interpreter imports the worker module as ``user``,
     with the sys.path a worker gets, from the filesystem root.
     """
-    command = helper_command(__name__, "import_worker")
+    command = helper_command("nodeagent.workerprobe", "main")
     interpreter = command[0]
     real = os.path.realpath(interpreter)
     if real != interpreter:
@@ -144,11 +144,6 @@ def python_refusal(user: RunAs, base_env: Mapping[str, str]) -> str:
         f"{user.name} (--run-as) {failure}; so call and pickle tasks cannot run on this agent: "
         f"install Shoal and its Python where {user.name} can read and run them"
     )
-
-
-def import_worker() -> None:
-    """The probe's entry point: what a worker imports first."""
-    import nodeagent.worker  # noqa: F401
 
 
 def spawn_as(
