@@ -12,6 +12,10 @@ extra_groups=)`` rather than posix_spawn, which cannot change credentials
 workers start the same way, if USER can run this interpreter and import
 Shoal at all: ``python_refusal`` finds out once, at agent start, by trying.
 
+A worker of USER's, and every task in it, is on the other side of the
+boundary: what it says is a claim. Its stderr reaches the agent's log only
+through ``StderrRelay``, and a value it spooled only through ``adopt_part``.
+
 Imported by the agent only; workers never need it.
 """
 
@@ -67,10 +71,10 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
 
 
-def resolve_run_as(text: str, *, euid: int | None = None) -> RunAs:
+def resolve_run_as(text: str) -> RunAs:
     """The user named (or numbered) by ``--run-as``; ``RunAsError`` saying
     why not when the agent is not root, the user does not exist, or it is root."""
-    euid = os.geteuid() if euid is None else euid
+    euid = os.geteuid()
     if euid != 0:
         raise RunAsError(
             f"--run-as {text}: the agent must be started as root to run tasks as another user (it runs as uid {euid})"
