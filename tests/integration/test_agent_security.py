@@ -524,6 +524,7 @@ async def test_run_as_tasks_run_as_the_user_and_cannot_read_the_agents_files(ope
             "groups": "id -G",
             "home": 'echo "$HOME"',
             "directory": "stat -c '%u %a' .",
+            "parent": "stat -c '%u %g %a' ..",
             "control": f"cat {readable}",
             "host key": f"cat {state_dir / 'host_key'}",
             "journal": f"cat {state_dir / 'results.journal'}",
@@ -544,6 +545,7 @@ async def test_run_as_tasks_run_as_the_user_and_cannot_read_the_agents_files(ope
     assert set(out("groups").split()) == {str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid)}
     assert out("home") == user.pw_dir
     assert out("directory") == f"{user.pw_uid} 700"  # its working dir is the user's own
+    assert out("parent") == f"0 {user.pw_gid} 710"  # in root's, which USER may pass but not list or change
     assert out("control") == "open to all"  # the path to the state dir is open: the modes below do the denying
     for name in ("host key", "journal", "state dir"):
         assert rows[name]["status"] == "failed" and "Permission denied" in rows[name]["stderr"], (name, rows[name])
