@@ -587,6 +587,34 @@ async def test_run_as_a_jobs_cwd_is_entered_as_the_user(open_root):
     assert entered["stdout"].strip() == "/"
 
 
+async def test_run_as_tasks_are_still_the_agents_to_time_out(open_root):
+    """USER's process group, background children included, dies on time."""
+    from engine.spec import JobSpec
+
+    _run_as_user()
+    async with run_as_agent(open_root) as (engine, _, _):
+        job_id = await engine.submit(
+            JobSpec(name="slow", kind="shell", shell_template="sleep 29.125 & sleep 30.125", items=[0], timeout=1, retries=0)
+        )
+        assert await engine.wait(job_id, timeout=60) == "failed"
+        (row,) = await engine.task_results(job_id)
+        # Killed, as a group, before the result was sent: no survivor now.
+        assert "timed out" in row["error"], row
+        assert not _processes_running("sleep\x0029.125") and not _processes_running("sleep\x0030.125")
+
+
+def _processes_running(cmdline: str) -> list[int]:
+    """Live processes whose command line starts with ``cmdline`` (NUL-separated; zombies have none)."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes().startswith(cmdline.encode()):
+                found.append(int(name))
+        except OSError:
+            pass  # gone since the listing
+    return found
+
+
 def _unreadable_python_refusal() -> str:
     from nodeagent.runas import python_refusal, resolve_run_as
 
