@@ -190,7 +190,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="N", help="largest protocol frame accepted (default: %(default)s)")
     parser.add_argument("--compat-kex", action="store_true", help="also offer plain curve25519 key exchange, for older SSH clients (default: post-quantum hybrid only)")
     parser.add_argument("--agent-id", metavar="ID", help="this agent's id (default: one made up once and kept in the state dir)")
-    parser.add_argument("--run-as", metavar="USER", help="an agent started as root runs every task as USER (name or uid: its uid, groups and HOME); the agent keeps root and its host key and journal stay unreadable to tasks (default: tasks run as the agent's user)")
+    parser.add_argument("--run-as", metavar="USER", help="an agent started as root runs every task as USER (name or uid: its uid, groups and HOME); the agent keeps root and its host key and journal stay unreadable to tasks; call tasks need USER to be able to run this Python and Shoal, else they are refused (default: tasks run as the agent's user)")
     args = parser.parse_args(argv)
 
     if args.authorized_keys is None:
