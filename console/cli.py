@@ -267,10 +267,15 @@ def _open_store(state_dir: str | None) -> Any:
     from engine.paths import state_dir as default_state_dir
     from engine.store import Store
 
+    from engine.interface import EngineError
+
     path = default_state_dir(state_dir) / "shoal.db"
     if not path.exists():
         raise UserError(f"no engine state at {path.parent} (nothing has run there yet)")
-    return Store(path)
+    try:
+        return Store(path)
+    except EngineError as exc:  # e.g. the state dir is full: SQLite cannot even map its index of the log
+        raise UserError(str(exc)) from None
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ again later (engine/writeback.py holds and retries the engine's flushes).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -155,8 +156,18 @@ class StoreUnavailable(EngineError):
     one line: ``state dir /x: disk full (database or disk is full)``."""
 
     def __init__(self, state_dir: Path, what: str, detail: str) -> None:
+        if what != "disk full" and _no_space_left(state_dir):
+            # SQLite says "disk I/O error" when it cannot grow its -shm file.
+            what = "disk full"
         self.state_dir, self.what, self.detail = state_dir, what, detail
         super().__init__(f"state dir {state_dir}: {what} ({detail})")
+
+
+def _no_space_left(directory: Path) -> bool:
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _disk_trouble(exc: BaseException) -> str | None:

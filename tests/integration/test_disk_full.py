@@ -154,3 +154,87 @@ def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when
     finally:
         db.close()
     assert rows == [(i, 3, 1) for i in range(TASKS)]
+
+
+def test_a_state_dir_full_from_the_start_is_one_line_and_exit_2_for_run_and_the_offline_views(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    from engine.store import Store
+
+    existing = small_disk / "existing"
+    existing.mkdir()
+    Store(existing / "shoal.db").close()  # a state dir used before
+    job = tmp_path / "job.toml"
+    job.write_text('command = ["echo", "{item}"]\nitems = [1, 2, 3]\nreduce = "sum"\n')
+    fill_up(small_disk / "filler")
+
+    def shoal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "console.cli", *args, "--config-dir", str(tmp_path / "cfg")]
+            if args[0] == "run" else [sys.executable, "-m", "console.cli", *args],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+
+    for state_dir in (small_disk / "fresh", existing):
+        run = shoal("run", str(job), "--node", "127.0.0.1:1", "--state-dir", str(state_dir), "--wait-for-nodes", "1")
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith(f"shoal: state dir {state_dir}: disk full (") and run.stderr.count("\n") == 1, run.stderr
+    jobs = shoal("jobs", "--state-dir", str(existing))
+    assert jobs.returncode == 2 and jobs.stderr.startswith(f"shoal: state dir {existing}: disk full ("), jobs.stderr
+    assert jobs.stderr.count("\n") == 1, jobs.stderr
+
+
+def test_a_run_stopped_while_its_state_dir_is_full_says_what_it_did_not_save_and_resumes_exactly(
+    tmp_path: Path, small_disk: Path, cluster: LocalCluster
+) -> None:
+    import signal
+
+    state_dir = small_disk / "state"
+    executions = tmp_path / "executions"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'name = "disk"\n'
+        f'shell = "echo {{item}} >> {executions}; sleep 0.05; echo {{item}}"\n'
+        f"items = {{ range = [0, {TASKS}] }}\n"
+        'reduce = "sum"\n'
+    )
+    argv = [
+        sys.executable, "-m", "console.cli", "run", str(job), "--json",
+        "--state-dir", str(state_dir), "--config-dir", str(cluster.config_dir),
+        *[flag for address in cluster.addresses for flag in ("--node", address)],
+    ]
+    stderr_path = tmp_path / "run.stderr"
+    with open(stderr_path, "w") as err:
+        run = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        until(lambda: executions.exists() and len(executions.read_text().split()) >= 40, "40 tasks run", 60)
+        fill_up(small_disk / "filler")
+        until(lambda: "disk full" in stderr_path.read_text(), "the run says the disk is full", 20)
+        run.send_signal(signal.SIGINT)  # the operator gives up on it
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 130
+    text = stderr_path.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    unsaved = [line for line in text.splitlines() if "results not saved" in line]
+    assert len(unsaved) == 1 and unsaved[0].startswith(f"state dir {state_dir}: disk full"), text[-3000:]
+    assert unsaved[0].endswith(f"the agents keep them, and the next engine on {state_dir} collects them")
+    (small_disk / "filler").unlink()
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"shoal: resuming job 1 (disk) left unfinished in {state_dir}" in again.stderr
+    report = json.loads(again.stdout)
+    assert report["result"] == sum(range(TASKS)) and report["counts"]["succeeded"] == TASKS
+    # Every task ran and is stored once. (Not asserted: that none ran twice.
+    # A task in flight when an engine stops may run again under the next
+    # one, disk full or not: that is the restart's recovery, not the disk's.)
+    assert set(executions.read_text().split()) == {str(i) for i in range(TASKS)}
+    db = sqlite3.connect(state_dir / "shoal.db")
+    try:
+        rows = db.execute("SELECT idx, status FROM tasks ORDER BY idx").fetchall()
+    finally:
+        db.close()
+    assert rows == [(i, 3) for i in range(TASKS)]
