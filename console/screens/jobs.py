@@ -39,10 +39,11 @@ def job_row(job: JobInfo, result: Any) -> Row:
     counts = job.counts
     queued = counts.get("queued", 0) + counts.get("pending", 0)
     failed = counts.get("failed", 0)
+    status = "blocked" if job.blocked else job.status  # the engine's state dir refuses writes
     return (
         str(job.id),
         job.name,
-        (job.status, fmt.status_tone(job.status)),
+        (status, fmt.status_tone(status)),
         ((filled, "bar"), (empty, "dim-bar"), (f" {fraction:4.0%}", "")),
         f"{job.done:,}/{job.total:,}",
         (str(failed), "bad" if failed else ""),

@@ -14,6 +14,7 @@ STATUS_TONES = {
     "cancelled": "muted",
     "queued": "",
     "pending": "muted",
+    "blocked": "bad",
 }
 
 NODE_TONES = {
