@@ -264,10 +264,9 @@ async def _run(args: argparse.Namespace, spec: Any) -> int:
 
 
 def _open_store(state_dir: str | None) -> Any:
+    from engine.interface import EngineError
     from engine.paths import state_dir as default_state_dir
     from engine.store import Store
-
-    from engine.interface import EngineError
 
     path = default_state_dir(state_dir) / "shoal.db"
     if not path.exists():

@@ -35,7 +35,7 @@ from engine.link import AgentLink, HostKeyMismatch, LinkClosed, LinkError, Unkno
 from engine.model import TERMINAL, TaskStatus
 from engine.paths import private_file
 from engine.spec import JobSpec
-from engine.store import Store
+from engine.store import Store, StoreUnavailable
 from engine.trust import KnownHosts, TrustError, fingerprint
 from engine.views import NodeInfo
 from engine.writeback import Batch, WriteBack
@@ -332,8 +332,9 @@ class Coordinator:
             raise KeyError(f"no job {job_id}")
         self.settle()  # outcomes decided so far are in the store the rows come from
         self._carry_out_all(self.writes.retry(force=True))
-        if self.writes.refused is not None:  # some are held, not in the store yet
-            raise self.writes.refused
+        refused = self.writes.refused
+        if refused is not None:  # some outcomes are held, not in the store the rows come from
+            raise StoreUnavailable(refused.state_dir, refused.what, refused.detail)
         job = self.core.jobs.get(job_id)
         if not failed_only and indices is None and job is not None and job.status.value == "running":
             raise ValueError(f"job {job_id} is still running; cancel it first or resubmit --failed")
