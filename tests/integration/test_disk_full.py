@@ -21,9 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from demos.cluster import REPO, LocalCluster
+from nodeagent.journal import JOURNAL_FILE, REC_ACK, REC_RESULT
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,6 +71,20 @@ def fill_up(path: Path) -> None:
                 handle.write(bytes(1024))
             except OSError:
                 break
+
+
+def unacked(cluster: LocalCluster) -> int:
+    """Results the agents hold in their journals that no engine has acked."""
+    results: set[str] = set()
+    acked: set[str] = set()
+    for agent in cluster.agents:
+        with open(agent.state_dir / JOURNAL_FILE, "rb") as handle:
+            for record in msgpack.Unpacker(handle, raw=False):
+                if record[0] == REC_RESULT:
+                    results.add(record[2])
+                elif record[0] == REC_ACK:
+                    acked.update(record[2])
+    return len(results - acked)
 
 
 def until(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -118,6 +134,20 @@ def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when
         # Blocked, not wedged: the progress line says why, the nodes stay up,
         # and `shoal jobs` (over the engine's socket) shows it.
         until(lambda: "blocked: state dir" in stderr(), "the progress line says it is blocked", 20)
+
+        def stored() -> int:
+            db = sqlite3.connect(f"file:{state_dir / 'shoal.db'}?mode=ro", uri=True)
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+            finally:
+                db.close()
+
+        # Every task that ran is stored and acked, or held and not acked (the
+        # agents keep it); once those running when the disk filled are done,
+        # nothing else runs: no new work goes out while results are held.
+        until(lambda: stored() + unacked(cluster) == len(ran()), "what ran is stored or held by the agents", 20)
+        held_by_agents, ran_while_blocked = unacked(cluster), len(ran())
+        assert held_by_agents > 0
         listing = shoal("jobs", "--json")
         assert listing.returncode == 0, listing.stderr
         (info,) = json.loads(listing.stdout)
@@ -125,6 +155,8 @@ def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when
         assert "blocked" in shoal("jobs").stdout
         nodes_now = json.loads(shoal("nodes", "--json").stdout)
         assert [n["state"] for n in nodes_now] == ["up", "up"]
+        # Seconds later (those commands took them): still nothing new ran or was acked.
+        assert (len(ran()), unacked(cluster)) == (ran_while_blocked, held_by_agents)
         assert run.poll() is None
         filler.unlink()
         out, _ = run.communicate(timeout=90)
@@ -154,6 +186,7 @@ def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when
     finally:
         db.close()
     assert rows == [(i, 3, 1) for i in range(TASKS)]
+    until(lambda: unacked(cluster) == 0, "the held results acked once stored", 10)
 
 
 def test_a_state_dir_full_from_the_start_is_one_line_and_exit_2_for_run_and_the_offline_views(
