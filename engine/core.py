@@ -545,6 +545,8 @@ class EngineCore(Recovery):
         becomes able to take work, and leaves once full or unable), so a
         flush after one node's results costs the same with 10 or 10,000
         nodes up."""
+        if not self.roomy:
+            return
         waiting = bool(self.awaiting)  # restored jobs wait for known nodes' hellos
         demands = [
             JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes)

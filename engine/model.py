@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.reducers import Reducer
+from engine.runspec import RunSpecs
 from engine.spec import JobSpec
 
 
@@ -75,7 +76,7 @@ class Attempt:
     __slots__ = ("id", "task", "node", "number", "started_at")
 
     def __init__(self, task: Task, node: Node, number: int) -> None:
-        self.id = attempt_id(task.job.id, task.index, number)
+        self.id = f"{task.job.id}.{task.index}.{number}"  # attempt_id(), inline: made for every dispatch
         self.task = task
         self.node = node
         self.number = number
@@ -124,9 +125,11 @@ class Job:
     # RUNNING tasks an agent said it started (a live attempt has ``started_at``);
     # the others were sent and wait in an agent's queue (prefetch).
     started: int = 0
+    runs: RunSpecs = field(init=False, repr=False)  # makes each attempt's run message
 
     def __post_init__(self) -> None:
         self.total = self.spec.task_count()
+        self.runs = RunSpecs(self.spec)
         if not self.counts:
             self.counts = {status: 0 for status in TaskStatus}
             self.counts[TaskStatus.QUEUED] = self.total

@@ -16,7 +16,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass stores each field through object.__setattr__,
+# and the core makes these on every flush. Nothing changes them once made.
+@dataclass(slots=True)
 class NodeRoom:
     """What the scheduler needs to know about one node."""
 
@@ -26,7 +28,7 @@ class NodeRoom:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobDemand:
     """A job with tasks ready to place."""
 
@@ -38,7 +40,7 @@ class JobDemand:
     excluded: AbstractSet[str] = frozenset()  # nodes that refused this job's tasks (read, not kept)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Placement:
     job_id: int
     node_id: str
@@ -54,7 +56,7 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
     (higher first; ties keep the given order, which is submit order)."""
     in_flight = {node.node_id: node.in_flight for node in nodes}
     placements: list[Placement] = []
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].priority)  # stable
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].priority) if len(jobs) > 1 else range(len(jobs))  # stable
     for i in order:
         job = jobs[i]
         need = job.slots_per_task
@@ -63,9 +65,18 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
             for node in nodes
             if node.node_id not in job.excluded
             and node.capacity - in_flight[node.node_id] >= need
-            and labels_match(job.labels, node.labels)
+            and (not job.labels or labels_match(job.labels, node.labels))
         ]
         if not eligible:
+            continue
+        if len(eligible) == 1:
+            # The common flush: one node's results came in, so one node has
+            # room. What the heap below would give it, without the heap.
+            (node,) = eligible
+            count = min(job.ready, (node.capacity - in_flight[node.node_id]) // need)
+            if count:
+                in_flight[node.node_id] += count * need
+                placements.append(Placement(job.job_id, node.node_id, count))
             continue
         # Heap of (fill ratio after one more task, tiebreak, node).
         heap = [

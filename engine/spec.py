@@ -400,6 +400,13 @@ class JobSpec:
         """The kind-specific fields of ``nodeagent.protocol.TaskSpec`` for item ``index``:
         ``TaskSpec(id=attempt_id, kind=spec.kind, **spec.task_fields(index))``."""
         fields_ = self._static.copy()
+        fields_.update(self.item_fields(index))
+        return fields_
+
+    def item_fields(self, index: int) -> dict[str, Any]:
+        """The part of ``task_fields`` that depends on the item (``argv``,
+        ``shell`` or ``args``); the rest is the same for every task of the job."""
+        fields_: dict[str, Any] = {}
         if self._argv:
             values = self._values(index, None) if self._used else {}
             quoted = {key: shlex.quote(value) for key, value in values.items()} if self._argv_script else values

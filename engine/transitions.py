@@ -25,7 +25,7 @@ from typing import Any
 from engine import events as ev
 from engine.inputs import Effects, TaskRow
 from engine.model import TERMINAL, Attempt, IllegalTransition, Job, JobStatus, Node, Task, TaskStatus, attempt_id
-from nodeagent.protocol import TaskResult, TaskSpec
+from nodeagent.protocol import TaskResult
 
 # Jobs this small report every task transition as an event; bigger ones are
 # summarised by JobProgress so a UI is not flooded.
@@ -204,11 +204,10 @@ class TaskStates:
 
     def _send(self, attempt: Attempt) -> None:
         task, node = attempt.task, attempt.node
-        spec = task.job.spec
         runs = self.out.runs.get(node.id)
         if runs is None:
             runs = self.out.runs[node.id] = []
-        runs.append(TaskSpec(attempt.id, spec.kind, report_start=task.node_failures > 0, **spec.task_fields(task.index)))
+        runs.append(task.job.runs.make(attempt.id, task.index, task.node_failures > 0))
 
     def _finish_job(self, job: Job, now: float) -> None:
         job.status = job.final_status()

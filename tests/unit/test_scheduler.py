@@ -1,7 +1,11 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.runspec import RunSpecs
 from engine.scheduler import JobDemand, NodeRoom, place
+from engine.spec import JobSpec
+from nodeagent.protocol import TaskSpec
 
 
 def _given(placements, job_id=None):
@@ -67,3 +71,32 @@ def test_placement_never_exceeds_capacity_or_demand(node_specs, job_specs):
     for job in jobs:
         if per_job.get(job.job_id, 0) < job.ready:
             assert all(n.capacity - used[n.node_id] < job.slots_per_task for n in nodes)
+
+
+# --- each attempt's run message (engine.runspec) ----------------------------------------
+
+RUN_SPEC_JOBS = [
+    JobSpec(name="call", kind="call", items=range(5), fn="math:pow", args=(2,), kwargs={"k": 1}, env={"A": "b"}, cwd="/tmp",
+            timeout=3.0, slots=2, max_result=1024),
+    JobSpec(name="call-plain", kind="call", items=["x", {"y": 1}, [2]], fn="json:dumps"),
+    JobSpec(name="pickle", kind="pickle", items=range(3), payload=b"\x80\x04N.", args=(1, 2)),
+    JobSpec(name="argv", kind="shell", items=["a b", "c;d", "e"], argv_template=("echo", "{item}", "{index}", "fixed")),
+    JobSpec(name="script", kind="shell", items=["a b", "$(x)", "e/f.txt"], argv_template=("sh", "-c", "cat {item} > {stem}.out")),
+    JobSpec(name="shell", kind="shell", items=["a b", "it's", "e/f.txt"], shell_template="echo {item} {name} {index}", env={"X": "1"}),
+    JobSpec(name="shell-fixed", kind="shell", items=range(2), shell_template="true"),
+]
+
+
+@pytest.mark.parametrize("spec", RUN_SPEC_JOBS, ids=lambda s: s.name)
+@pytest.mark.parametrize("report_start", [False, True])
+def test_run_specs_equal_the_task_specs_built_field_by_field(spec: JobSpec, report_start: bool) -> None:
+    runs = RunSpecs(spec)
+    for index in range(spec.task_count()):
+        aid = f"7.{index}.3"
+        expected = TaskSpec(aid, spec.kind, report_start=report_start, **spec.task_fields(index))
+        made = runs.make(aid, index, report_start)
+        assert made == expected and made.to_wire() == expected.to_wire()
+        assert type(made) is TaskSpec and TaskSpec.from_wire(made.to_wire()) == expected
+    if spec.kind != "shell":
+        # Each attempt gets its own args list (the item is in it), never one shared list.
+        assert runs.make("7.0.1", 0, False).args is not runs.make("7.0.2", 0, False).args
