@@ -89,6 +89,7 @@ class TasksScreen(ShoalScreen):
         self.pages: Pump[tuple[int, int]] = Pump(self, self._fetch_page, "tasks")
         self.fetches = 0
         self._refreshed = 0.0
+        self._moved = False  # the job moved since its rows were last refetched
         self._caption_text = ""
 
     def compose_body(self) -> ComposeResult:
@@ -140,10 +141,20 @@ class TasksScreen(ShoalScreen):
         # A running job's rows refresh at most REFRESH_EVERY: readable, and a
         # page query less for the engine on most ticks.
         now = time.monotonic()
-        if (tick.forced or (self.job_id in tick.touched and now - self._refreshed >= REFRESH_EVERY)) and self.is_mounted:
+        # A move that comes too soon after the last refresh is kept for a
+        # later tick, or the job's last moves (it ended) would never show.
+        self._moved = self._moved or self.job_id in tick.touched
+        if (tick.forced or (self._moved and now - self._refreshed >= REFRESH_EVERY)) and self.is_mounted:
             self._refreshed = now
+            self._moved = False
             table = self.table
-            self.pages.want((table.window_offset if table.window else table.wanted_offset(), table.window_size))
+            if table.window and not tick.forced:
+                # What is on screen (and a row each side): the rest of the
+                # window is refetched when the view comes near it.
+                first = max(0, table.first_visible - 1)
+                self.pages.want((first, table.visible_rows + 2))
+            else:
+                self.pages.want((table.window_offset if table.window else table.wanted_offset(), table.window_size))
 
     def _requery(self, **changes: object) -> None:
         self.query_state = replace(self.query_state, **changes)  # type: ignore[arg-type]

@@ -72,16 +72,21 @@ class TaskTable(LineTable):
         )
 
     def set_page(self, page: TaskPage) -> None:
-        """A page arrived: it becomes the window. Only the lines on screen
-        whose row changed are repainted (a running job's page every half
-        second changes a few rows; a page fetched ahead of the view, none)."""
+        """A page arrived. Rows inside the window (the visible rows of a
+        running job, refreshed) are updated in place; any other page becomes
+        the window. Only the lines on screen whose row changed are repainted
+        (a running job's refresh changes a few; a window fetched ahead, none)."""
         top = self.first_visible
         shown = range(top, min(top + self.visible_rows, max(self.total, page.total)))
         before = [self.row(i) for i in shown]
         same_total = page.total == self.total
-        self.total = page.total
-        self.window_offset = page.offset
-        self.window = list(page.rows)
+        start = page.offset - self.window_offset
+        if same_total and self.window and 0 <= start and start + len(page.rows) <= len(self.window):
+            self.window[start : start + len(page.rows)] = page.rows
+        else:
+            self.total = page.total
+            self.window_offset = page.offset
+            self.window = list(page.rows)
         self._asked = None
         if same_total and self.first_visible == top:
             for index, old in zip(shown, before, strict=True):

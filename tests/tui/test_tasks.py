@@ -126,6 +126,31 @@ async def test_scrolling_by_a_row_or_a_page_never_waits_for_a_query(engine, tmp_
     await engine.cancel(job_id)
 
 
+async def test_a_running_jobs_rows_follow_the_engine_refetching_only_the_visible_ones(engine, tmp_path):
+    job_id = await engine.submit(job('name = "naps"\nfunction = "tests.tui.taskfns:nap"\nitems = ' + str([0.3] * 12) + "\n"))
+    limits: list[int] = []
+    real_tasks = engine.tasks
+
+    async def counted_tasks(*args, **kwargs):
+        limits.append(kwargs.get("limit", 100))
+        return await real_tasks(*args, **kwargs)
+
+    engine.tasks = counted_tasks
+    app = app_for(engine, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        jobs = await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.query_one(ListTable))
+        await until(pilot, lambda: jobs.row_count == 1)
+        await pilot.press("enter")
+        table = await until(pilot, lambda: isinstance(app.screen, TasksScreen) and app.screen.query_one(TaskTable))
+        await until(pilot, lambda: len(table.window) == 12)
+        loaded = len(limits)
+        assert any(t.status != "succeeded" for t in table.window)  # shown while it runs
+        await until(pilot, lambda: all(t.status == "succeeded" for t in table.window), timeout=30, what="every row succeeded")
+        assert table.window == (await real_tasks(job_id, limit=12)).rows
+        refreshes = limits[loaded:]
+        assert refreshes and max(refreshes) <= table.visible_rows + 2  # the rows on screen, not the window
+
+
 async def test_resubmitted_failed_task_reruns_and_is_audited(engine, tmp_path):
     job_id = await engine.submit(job(ODD_FAILS))
     assert await engine.wait(job_id, 30) == "failed"
