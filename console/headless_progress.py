@@ -126,8 +126,8 @@ class LiveProgress:
 
     BAR_WIDTH = 32
 
-    def __init__(self, stream: TextIO) -> None:
-        self.console = Console(file=stream, highlight=False)
+    def __init__(self, stream: TextIO, console: Console | None = None) -> None:
+        self.console = console or Console(file=stream, highlight=False)
         # stderr only: stdout may be a pipe that gets the result, and other
         # writers to stderr (the demo's chaos lines) print above the display.
         self.live = Live(console=self.console, auto_refresh=False, transient=True, redirect_stdout=False, redirect_stderr=True)

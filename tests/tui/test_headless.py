@@ -5,6 +5,7 @@ processes on 127.0.0.1, a real engine process."""
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -18,8 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from console.headless_progress import LiveProgress, Snapshot, Summary
 from demos.cluster import REPO, LocalCluster
+from engine.views import JobInfo, NodeInfo
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,3 +182,27 @@ def test_shoal_run_on_a_terminal_with_no_color_writes_no_colour_codes(cluster, t
     colours = [params for params in COLOUR_SGR.findall(text)
                if any(p and (30 <= int(p) <= 49 or 90 <= int(p) <= 107) for p in re.split("[;:]", params) if p.isdigit())]
     assert colours == [], colours[:5]
+
+
+def _live(height: int = 24) -> tuple[LiveProgress, io.StringIO]:
+    out = io.StringIO()
+    return LiveProgress(out, Console(file=out, force_terminal=True, width=100, height=height, color_system=None)), out
+
+
+def test_the_live_display_fits_64_nodes_in_the_terminal_and_the_summary_prints_once():
+    nodes = [NodeInfo(f"10.0.0.{i}:7447", "up", slots=4, slots_busy=i % 5, cpu=float(i)) for i in range(64)]
+    info = JobInfo(1, "frames", "running", 1000, {"succeeded": 400, "running": 8}, 0.0, None, rate=12.5, eta=48.0)
+    progress, out = _live(height=24)
+    lines = progress.console.render_lines(progress.render(Snapshot("frames", info, nodes, 3.0)), pad=False)
+    text = ["".join(segment.text for segment in line).rstrip() for line in lines]
+    assert len(text) <= 24 - 2  # room left for the cursor line and a message
+    assert "400/1,000" in text[0] and "12.5 tasks/s" in text[0] and "ETA 0:00:48" in text[0]
+    shown = [line for line in text if ":7447" in line]
+    assert 10 < len(shown) < 64 and "slots 1/4" in shown[1] and "cpu    1%" in shown[1]
+    more = 64 - len(shown)
+    assert text[-1].strip().startswith(f"… {more} more nodes")
+    summary = Summary("frames: succeeded in 3.0s", "succeeded", {"succeeded": 1000}, 7, 3.0, [("10.0.0.1:7447", 1007, 7)])
+    progress.finish(summary)
+    progress.finish(summary)  # a second call (a finally block) prints nothing
+    assert out.getvalue().count("frames: succeeded in 3.0s") == 1
+    assert "333.3/s" in out.getvalue() and "1007" in out.getvalue()
