@@ -557,16 +557,16 @@ class EngineCore(Recovery):
             return
         cfg = self.config
         roomy = self.roomy
-        rooms = []
+        rooms: dict[str, NodeRoom] = {}
         for node in list(roomy.values()):
             capacity = node.capacity(cfg.prefetch_seconds, cfg.max_prefetch)
             if node.in_flight_slots < capacity and self._accepts_work(node):
-                rooms.append(NodeRoom(node.id, capacity, node.in_flight_slots, node.labels))
+                rooms[node.id] = NodeRoom(node.id, capacity, node.in_flight_slots, node.labels)
             else:
                 del roomy[node.id]
         if not rooms:
             return
-        for placement in place(demands, rooms):
+        for placement in place(demands, list(rooms.values())):
             job = self.jobs[placement.job_id]
             node = self.nodes[placement.node_id]
             why = Why("dispatched", now, node=node)
@@ -578,6 +578,6 @@ class EngineCore(Recovery):
                     task = self._fresh_task(job, job.cursor) if job.restored else Task(job, job.cursor)
                     job.cursor += 1
                 self._move(task, S.RUNNING, why)
-            if node.in_flight_slots >= node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+            if node.in_flight_slots >= rooms[node.id].capacity:
                 roomy.pop(node.id, None)
 
