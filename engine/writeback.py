@@ -91,9 +91,12 @@ class WriteBack:
 
     def _commit(self) -> list[Batch]:
         held = self.held
-        rows = [row for batch in held for row in batch.effects.task_rows]
-        audit = [entry for batch in held for entry in batch.effects.audit]
-        jobs = [job for batch in held for job in batch.jobs]
+        if len(held) == 1:  # the common case, once per flush: no copies
+            rows, audit, jobs = held[0].effects.task_rows, held[0].effects.audit, held[0].jobs
+        else:
+            rows = [row for batch in held for row in batch.effects.task_rows]
+            audit = [entry for batch in held for entry in batch.effects.audit]
+            jobs = [job for batch in held for job in batch.jobs]
         try:
             self.store.write(rows, audit, jobs, self._nodes)
         except StoreUnavailable as exc:
