@@ -44,7 +44,7 @@ async def until(condition, what: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_quietly_and_delivers_its_results(tmp_path):
+async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_quietly_and_delivers_its_results(tmp_path, caplog):
     cluster = LocalCluster(tmp_path, [4]).start()
     agent = cluster.agents[0]
     assert agent.proc is not None
@@ -106,3 +106,6 @@ async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_qui
     # The agent did write to the dead channel, and said so once, plainly.
     closed = [line for line in log.splitlines() if "channel closed" in line]
     assert len(closed) == 1 and "results stay journaled for its next connection" in closed[0], log
+    # Nor a traceback on the engine's side (asyncio logs an exception that
+    # escapes a callback with exc_info).
+    assert not [record for record in caplog.records if record.exc_info], caplog.text
