@@ -170,9 +170,15 @@ class LineTable(ScrollView, can_focus=True):
     # --- drawing -------------------------------------------------------------------
 
     def notify_style_update(self) -> None:
+        # Textual re-applies the stylesheet to every widget of a screen each
+        # time the screen comes back: keep the finished lines unless a style
+        # they use really changed (a theme, focus), or every screen switch
+        # would rebuild every visible line.
         super().notify_style_update()
-        self._styles.clear()
-        self._strips.clear()
+        kept = self._styles
+        self._styles = {}
+        if any(self._style(*parts) != style for parts, style in kept.items()):
+            self._strips.clear()
 
     def _style(self, *parts: str) -> Style:
         """The widget's style plus the named component styles, in order."""

@@ -83,7 +83,8 @@ async def test_a_table_line_is_one_segment_per_style_run_cut_to_its_columns():
         def compose(self):
             yield table
 
-    async with One().run_test(size=(60, 5)):
+    app = One()
+    async with app.run_test(size=(60, 5)) as pilot:
         width = table.content_region.width
         first, second = table.render_line(1), table.render_line(2)
         assert first.cell_length == second.cell_length == width == 60
@@ -95,5 +96,13 @@ async def test_a_table_line_is_one_segment_per_style_run_cut_to_its_columns():
         assert len(styles) == 3  # the plain run, the toned cell, the plain run
         assert styles[0] == styles[2] != styles[1]
         # Drawn again from the cache: the very same strip, so its filtered
-        # copy and the compositor's cuts are reused too.
+        # copy and the compositor's cuts are reused too; styles re-applied
+        # as they were (a screen coming back) keep it.
         assert table.render_line(1) is first
+        table.notify_style_update()
+        assert table.render_line(1) is first
+        # Another theme: lines in its colours.
+        app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+        await pilot.pause()
+        again = table.render_line(1)
+        assert again.text == first.text and [s.style for s in again][0] != styles[0]
