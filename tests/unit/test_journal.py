@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from nodeagent.journal import JOURNAL_FILE, LOST_ERROR, Journal, JournalInUse
+from nodeagent.journal import JOURNAL_FILE, LOST_ERROR, SPOOL_GONE_ERROR, Journal, JournalInUse
 from nodeagent.protocol import OUTCOME_ERROR, OUTCOME_LOST, OUTCOME_OK, TaskResult
 
 OWNER = "console-1"
@@ -109,3 +110,72 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None
     again = Journal(tmp_path)
     again.open()
     again.close()
+
+
+# --- values in spool files ------------------------------------------------------------------
+
+
+def spooled(journal: Journal, attempt_id: str, data: bytes, owner: str = OWNER) -> TaskResult:
+    """Record an ok result whose value waits in a spool file, as the executor does."""
+    journal.values_dir.mkdir(exist_ok=True)
+    part = journal.values_dir / f"{attempt_id}.part"
+    part.write_bytes(data)
+    result = TaskResult(id=attempt_id, outcome=OUTCOME_OK, value_size=len(data), stdout=b"tail")
+    journal.record(owner, result, part)
+    return result
+
+
+def test_a_spooled_value_survives_a_reopen_and_goes_with_its_ack(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.accepted(OWNER, ["big", "other"])
+    result = spooled(journal, "big", b"\xc4\x03abc")
+    spooled(journal, "other", b"\x01")
+    journal.flush()
+    assert not list(journal.values_dir.glob("*.part"))  # renamed into place
+
+    journal = reopen(journal)
+    assert journal.unacked(OWNER) == [result, TaskResult(id="other", outcome=OUTCOME_OK, value_size=1, stdout=b"tail")]
+    assert journal.value_path(OWNER, "big").read_bytes() == b"\xc4\x03abc"
+    journal.ack(OWNER, ["big"])
+    assert journal.value_path(OWNER, "big").exists()  # until the ack's record is written
+    journal.flush()
+    assert not journal.value_path(OWNER, "big").exists()
+    assert journal.value_path(OWNER, "other").exists()
+    journal.compact()  # a rewrite keeps what is live, spool files included
+    journal = reopen(journal)
+    assert [r.id for r in journal.unacked(OWNER)] == ["other"] and journal.value_path(OWNER, "other").exists()
+    journal.close()
+
+
+def test_spool_files_no_live_result_names_are_swept_at_open(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    spooled(journal, "kept", b"\x01")
+    journal.flush()
+    (journal.values_dir / "w123-4.part").write_bytes(b"half a value")  # a worker died writing it
+    orphan = journal.value_path(OWNER, "never-recorded")  # renamed, then the agent died before the record
+    orphan.write_bytes(b"\x01")
+    journal = reopen(journal)
+    assert sorted(os.listdir(journal.values_dir)) == [journal.value_path(OWNER, "kept").name]
+    journal.close()
+
+
+@pytest.mark.parametrize("damage", ["remove", "truncate"])
+def test_a_result_whose_spool_file_is_gone_or_short_becomes_an_error(tmp_path: Path, damage: str) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    spooled(journal, "big", b"\xc4\x03abc")
+    journal.flush()
+    path = journal.value_path(OWNER, "big")
+    if damage == "remove":
+        path.unlink()
+    else:
+        path.write_bytes(b"\xc4\x03a")
+    journal = reopen(journal)
+    [result] = journal.unacked(OWNER)
+    assert (result.outcome, result.error, result.value_size) == (OUTCOME_ERROR, SPOOL_GONE_ERROR, 0)
+    assert result.stdout == b"tail" and not path.exists()  # no partial value kept
+    journal = reopen(journal)  # and that is journaled: the same next time
+    assert journal.unacked(OWNER) == [result]
+    journal.close()
