@@ -42,7 +42,6 @@ from nodeagent.protocol import (
 )
 from nodeagent.shelltask import ShellRun, seal_inherited_descriptors, shell_result
 from nodeagent.taskenv import TaskEnvironment
-from nodeagent.values import ShellValue
 from nodeagent.tasks import (
     ERROR_SHUTDOWN,
     Done,
@@ -52,6 +51,7 @@ from nodeagent.tasks import (
     plain_result,
     timeout_kill,
 )
+from nodeagent.values import ShellValue
 from nodeagent.workerpool import WorkerPool
 
 log = logging.getLogger("shoal.agent.executor")

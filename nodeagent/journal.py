@@ -128,7 +128,7 @@ class Journal:
         results[attempt_id] = result
         self._entries += 1
         r = result
-        record = (REC_RESULT, owner, attempt_id, r.outcome, r.value, r.error, r.traceback)
+        record: tuple[Any, ...] = (REC_RESULT, owner, attempt_id, r.outcome, r.value, r.error, r.traceback)
         record += (r.exit_code, r.signal, r.started, r.ended, r.stdout, r.stderr)
         if r.value_size:
             record += (r.value_size,)

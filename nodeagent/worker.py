@@ -473,7 +473,7 @@ def main() -> None:
         os.close(write_end)
         os.set_blocking(read_end, False)
         read_ends.append(read_end)
-    worker = _WorkerLoop(cmd_fd, res_fd, shm, *read_ends, values_dir)
+    worker = _WorkerLoop(cmd_fd, res_fd, shm, read_ends[0], read_ends[1], values_dir)
     _active = worker
     sys.stdout = worker.stdout
     sys.stderr = worker.stderr

@@ -27,15 +27,6 @@ from nodeagent.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES,
 )
 from nodeagent.protocol.messages import (
-    MAX_VALUE_CHUNK_BYTES as MAX_VALUE_CHUNK_BYTES,
-)
-from nodeagent.protocol.messages import (
-    VALUE_CHUNK_BYTES as VALUE_CHUNK_BYTES,
-)
-from nodeagent.protocol.messages import (
-    MAX_RESULT_LIMIT as MAX_RESULT_LIMIT,
-)
-from nodeagent.protocol.messages import (
     DEFAULT_MAX_RESULT as DEFAULT_MAX_RESULT,
 )
 from nodeagent.protocol.messages import (
@@ -58,6 +49,12 @@ from nodeagent.protocol.messages import (
 )
 from nodeagent.protocol.messages import (
     KIND_SHELL as KIND_SHELL,
+)
+from nodeagent.protocol.messages import (
+    MAX_RESULT_LIMIT as MAX_RESULT_LIMIT,
+)
+from nodeagent.protocol.messages import (
+    MAX_VALUE_CHUNK_BYTES as MAX_VALUE_CHUNK_BYTES,
 )
 from nodeagent.protocol.messages import (
     MESSAGE_TYPES as MESSAGE_TYPES,
@@ -94,6 +91,9 @@ from nodeagent.protocol.messages import (
 )
 from nodeagent.protocol.messages import (
     TASK_KINDS as TASK_KINDS,
+)
+from nodeagent.protocol.messages import (
+    VALUE_CHUNK_BYTES as VALUE_CHUNK_BYTES,
 )
 from nodeagent.protocol.messages import (
     Ack as Ack,
