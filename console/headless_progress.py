@@ -16,6 +16,7 @@ same at 100 tasks or 100,000, and nothing here touches a task.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TextIO
@@ -239,7 +240,8 @@ Display = PlainProgress | LiveProgress
 
 
 def display_for(stream: TextIO, quiet: bool) -> Display:
-    """A live display on a terminal, plain lines otherwise (and when quiet)."""
-    if stream.isatty() and not quiet:
+    """A live display on a terminal, plain lines otherwise (and when quiet,
+    and on a dumb terminal, where rich would show nothing until the end)."""
+    if stream.isatty() and not quiet and os.environ.get("TERM") != "dumb":
         return LiveProgress(stream)
     return PlainProgress(stream, quiet)

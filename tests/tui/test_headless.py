@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from console.headless_progress import LiveProgress, Snapshot, Summary
+from console.headless_progress import LiveProgress, PlainProgress, Snapshot, Summary, display_for
 from demos.cluster import REPO, LocalCluster
 from engine.views import JobInfo, NodeInfo
 
@@ -206,3 +206,17 @@ def test_the_live_display_fits_64_nodes_in_the_terminal_and_the_summary_prints_o
     progress.finish(summary)  # a second call (a finally block) prints nothing
     assert out.getvalue().count("frames: succeeded in 3.0s") == 1
     assert "333.3/s" in out.getvalue() and "1007" in out.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_display_is_for_a_real_terminal_only(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert isinstance(display_for(_Terminal(), quiet=False), LiveProgress)
+    assert isinstance(display_for(_Terminal(), quiet=True), PlainProgress)  # messages only
+    assert isinstance(display_for(io.StringIO(), quiet=False), PlainProgress)  # a pipe, a file
+    monkeypatch.setenv("TERM", "dumb")  # no cursor moves: rich would show nothing until the end
+    assert isinstance(display_for(_Terminal(), quiet=False), PlainProgress)
