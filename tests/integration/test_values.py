@@ -244,3 +244,19 @@ def test_a_big_value_that_ends_while_the_engine_is_down_is_sent_again_and_record
     while os.listdir(spool):  # acked: the agent let go of it
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_the_python_api_takes_max_result_and_gets_big_values_whole_or_a_clear_failure(one_agent, tmp_path):
+    from engine.api import Cluster, JobFailed
+    from engine.spec import SpecError
+
+    with Cluster(one_agent.addresses, state_dir=tmp_path / "api-state", config_dir=one_agent.config_dir,
+                 wait_for=1) as api:
+        big = api.map("tests.integration.valuefns:blob", [20 * 1000 * 1000, 10], max_result="24MiB", reduce="collect")
+        assert big.reduce(timeout=60) == [b"x" * (20 * 1000 * 1000), b"x" * 10]
+        over = api.map("tests.integration.valuefns:blob", [2 * MiB], max_result=MiB, retries=0)
+        with pytest.raises(JobFailed) as failed:
+            over.reduce(timeout=60)
+        assert "value is 2.0 MiB, over the job's max_result of 1 MiB" in str(failed.value)
+        with pytest.raises(SpecError, match="field 'max_result': expected a size like"):
+            api.map("tests.integration.valuefns:blob", [1], max_result="big")
