@@ -4,6 +4,7 @@ console` attaches to a running `shoal run`).
 
     .venv/bin/python tests/bench/bench_console.py [--agents 64] [--tasks 100000] [--tp-tasks 20000]
     .venv/bin/python tests/bench/bench_console.py --ui-only     # the console alone, fixed data
+    .venv/bin/python tests/bench/bench_console.py --headless-display   # shoal run's live display
 
 --ui-only runs the same UI measurements against the fixed in-memory engine
 of the snapshot tests (100,000 tasks, 64 nodes): the console's own cost,
@@ -294,6 +295,29 @@ async def ui_only() -> None:
     await measure_ui(engine, 3, engine.task_count, len(await engine.nodes()))
 
 
+def headless_display() -> None:
+    """CPU a frame of `shoal run`'s live display on a terminal (to /dev/null,
+    as a truecolor terminal would get it), 4 and 64 nodes."""
+    from rich.console import Console
+
+    from console.headless_progress import LiveProgress, Snapshot
+    from engine.views import JobInfo, NodeInfo
+
+    with open(os.devnull, "w") as sink:
+        for count in (4, 64):
+            nodes = [NodeInfo(f"10.0.0.{i}:7447", "up", slots=4, slots_busy=i % 5, cpu=float(i)) for i in range(count)]
+            display = LiveProgress(sink, Console(file=sink, force_terminal=True, width=120, height=50, color_system="truecolor"))
+            frames = 200
+            cpu = cpu_seconds()
+            for k in range(frames):
+                job = JobInfo(1, "frames", "running", 100_000, {"succeeded": 100 * k, "running": 8}, 0.0, None, rate=12.5, eta=48.0)
+                display.show(Snapshot("frames", job, nodes, 3.0), 1.0)
+            per_frame = (cpu_seconds() - cpu) / frames
+            display.close()
+            print(f"headless live display, {count} nodes (120x50): {per_frame * 1000:.1f} ms CPU a frame, "
+                  f"{per_frame * 4:.1%} of one core at its 4 frames/s")
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-console-") as tmp:
         root = Path(tmp)
@@ -322,5 +346,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--task-seconds", type=float, default=0.2, help="how long each task of the big job sleeps")
     parser.add_argument("--ui-only", action="store_true", help="the UI figures against fixed in-memory data, no cluster")
+    parser.add_argument("--headless-display", action="store_true", help="only the CPU a frame of shoal run's live display")
     options = parser.parse_args()
-    asyncio.run(ui_only() if options.ui_only else main(options))
+    if options.headless_display:
+        headless_display()
+    else:
+        asyncio.run(ui_only() if options.ui_only else main(options))
