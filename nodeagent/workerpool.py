@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from nodeagent.tasks import (
     plain_result,
     timeout_kill,
 )
+from nodeagent.values import PART_SUFFIX
 from nodeagent.workerproc import WorkerProcess
 from nodeagent.workerwire import (
     CALL,
@@ -353,6 +356,12 @@ class WorkerPool:
                 error = f"the agent refused the value's spool file: {exc}"
                 done.append((task, _python_result(task, OUTCOME_ERROR, None, error, "", started, ended)))
                 return
+        elif not _own_part(part, size, self._values_dir):
+            # Task code shares the worker's pipe: a forged event must not
+            # make the journal move some other file of the agent's user.
+            error = f"the agent refused the value's spool file: {part!r} is not a part file of {size} bytes in its spool"
+            done.append((task, _python_result(task, OUTCOME_ERROR, None, error, "", started, ended)))
+            return
         task.value_part = Path(part)
         stdout, stderr = task.tails()
         result = TaskResult(task.id, OUTCOME_OK, None, "", "", None, None, started, ended, stdout, stderr, size)
@@ -486,6 +495,21 @@ class WorkerPool:
     def _respawn(self, slot: Slot) -> None:
         if slot.worker is None and not self._closing:
             self._spawn(slot)
+
+
+def _own_part(part: Any, size: Any, values_dir: Path) -> bool:
+    """Whether a worker's spooled value names a regular part file directly
+    in the agent's spool, of the size it says."""
+    if not isinstance(part, str) or not isinstance(size, int):
+        return False
+    path = Path(part)
+    if path.parent != values_dir or not path.name.endswith(PART_SUFFIX):
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _entry(seq: int, spec: TaskSpec) -> tuple[Any, ...]:

@@ -260,3 +260,17 @@ def test_the_python_api_takes_max_result_and_gets_big_values_whole_or_a_clear_fa
         assert "value is 2.0 MiB, over the job's max_result of 1 MiB" in str(failed.value)
         with pytest.raises(SpecError, match="field 'max_result': expected a size like"):
             api.map("tests.integration.valuefns:blob", [1], max_result="big")
+
+
+async def test_a_forged_spooled_value_cannot_move_another_file_into_the_spool(agent, tmp_path):
+    """Task code shares its worker's results pipe: a task that claims its value
+    waits in some other file must not have the agent move (rename) that file
+    into its spool and send it as the value."""
+    victim = tmp_path / "not-a-value"
+    victim.write_bytes(b"\xa6secret")
+    console = await agent.console()
+    task = call("tests.integration.runastasks:forged_part", str(victim), 7, "path")
+    console.run(task)
+    result = (await console.results([task.id]))[task.id]
+    assert result.outcome == OUTCOME_ERROR and "refused the value's spool file" in result.error
+    assert result.value is None and victim.read_bytes() == b"\xa6secret"
