@@ -18,6 +18,7 @@ import asyncio
 import socket
 from collections import deque
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 import asyncssh
@@ -64,6 +65,9 @@ RECV_LOW_WATER = 10_000
 MAX_ASSEMBLING_BYTES = MAX_MAX_RESULT + 16
 
 
+_VALUE_SIZE = attrgetter("value_size")
+
+
 def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"a value holds msgpack ext type {code}, which is not allowed")
 
@@ -95,10 +99,10 @@ class ValueAssembly:
     def complete(self, finished: Finished) -> Finished:
         """``finished`` with each streamed value in place; a result without
         one drops whatever pieces came for its attempt."""
+        if not self._parts and not any(map(_VALUE_SIZE, finished.results)):
+            return finished  # the common case, at C speed: no value in pieces at all
         results: list[TaskResult] | None = None
         for i, result in enumerate(finished.results):
-            if not result.value_size and not self._parts:
-                continue  # the common case: no value in pieces at all
             buf = self._parts.pop(result.id, None)
             if buf is not None:
                 self._held -= len(buf)

@@ -583,10 +583,12 @@ class TaskResult:
             ended=_float_field(body, "ended", 0.0, MAX_TIMESTAMP, t, 0.0),
             stdout=_opt(body, "stdout", bytes, t, b""),
             stderr=_opt(body, "stderr", bytes, t, b""),
-            value_size=_int_field(body, "value_size", 0, MAX_RESULT_LIMIT, t, 0),
         )
-        if result.value_size and result.value is not None:
-            raise ProtocolError("finished.result: a result has a 'value' or a 'value_size', not both")
+        if "value_size" in body:  # rare: a value sent in pieces (a dict lookup for the rest)
+            size = _int_field(body, "value_size", 0, MAX_RESULT_LIMIT, t)
+            if size and result.value is not None:
+                raise ProtocolError("finished.result: a result has a 'value' or a 'value_size', not both")
+            object.__setattr__(result, "value_size", size)
         return result
 
 
