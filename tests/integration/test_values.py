@@ -274,3 +274,17 @@ async def test_a_forged_spooled_value_cannot_move_another_file_into_the_spool(ag
     result = (await console.results([task.id]))[task.id]
     assert result.outcome == OUTCOME_ERROR and "refused the value's spool file" in result.error
     assert result.value is None and victim.read_bytes() == b"\xa6secret"
+
+
+async def test_a_value_cut_off_mid_stream_is_dropped_by_the_console_and_sent_whole_again(start_agent, tmp_path):
+    agent = await start_agent()
+    console = await agent.console()
+    task = shell(PRINT_BYTES.format(n=20 * 1000 * 1000), max_result=32 * MiB)
+    console.run(task)
+    link = console.link
+    await poll_until(lambda: bool(link._values), timeout=60)  # pieces arrived, the result not yet
+    link.close()  # the connection drops mid-value: the pieces die with the link
+    again = await agent.console()
+    result = (await again.results([task.id], timeout=60))[task.id]
+    assert result.outcome == OUTCOME_OK and result.value == pattern(20 * 1000 * 1000)
+    await poll_until(lambda: not spool_files(tmp_path / "agent"))
