@@ -1,6 +1,6 @@
 """Task states and the in-memory records: jobs, tasks, their attempts, nodes.
 
-The legal moves between task states are the transition table in ``engine.core``.
+The legal moves between task states are the transition table in ``engine.transitions``.
 
 Memory is the constraint that shapes these records: a job of a million tasks
 must cost well under 1 KiB per pending task. So a job that has not started a
