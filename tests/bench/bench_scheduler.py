@@ -34,7 +34,6 @@ from engine import core as c  # noqa: E402
 from engine.spec import parse_job_text  # noqa: E402
 from nodeagent.protocol import Hello, TaskResult  # noqa: E402
 
-
 WINDOW = 500  # flushes
 
 
