@@ -43,7 +43,10 @@ def over_limit_error(size: int, limit: int) -> str:
     """The error of an attempt whose value is over its ``max_result``."""
     if size - limit <= limit // 200:  # too close to tell apart at one decimal: exact numbers
         return f"value is {size:,} bytes, over the job's max_result of {limit:,} bytes"
-    return f"value is {size_text(size)}, over the job's max_result of {size_text(limit)}"
+    limit_text = size_text(limit)
+    if "." in limit_text:  # a limit the user gave in bytes (3000) is said as given, not as 2.9 KiB
+        limit_text = f"{limit:,} bytes"
+    return f"value is {size_text(size)}, over the job's max_result of {limit_text}"
 
 
 def spool_name(owner: str, attempt_id: str) -> str:

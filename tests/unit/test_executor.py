@@ -621,3 +621,28 @@ async def test_shutdown_lets_short_tasks_finish(make: Any) -> None:
     await executor.shutdown(grace=5)
     assert rec.results["short"].outcome == OUTCOME_OK
     assert psutil.Process().children(recursive=True) == []
+
+
+# --- values: whole or the task fails (issue 11 item 3) ---------------------------------------
+
+
+async def test_a_shell_value_is_its_whole_stdout_past_the_tail_without_its_progress_lines(make: Any, tmp_path: Path) -> None:
+    import msgpack
+
+    executor, rec = await make(output_tail_bytes=1000)
+    body = "".join(f"line {i}\n" for i in range(400))  # ~3.5 KB, over the 1000-byte tail
+    cut = body.index("\n", 1000) + 1  # a progress line starts a line
+    script = f"printf '%s' '{body[:cut]}'; echo '::shoal-progress 0.5 half'; printf '%s' '{body[cut:]}'"
+    executor.submit(OWNER, [sh("tail-sized", "head -c 1000 /dev/zero"), sh("big", script),
+                            sh("over", script, max_result=3000), sh("failed", script + "; exit 4")])
+    exact, big, over, failed = [await rec.result(i) for i in ("tail-sized", "big", "over", "failed")]
+    assert exact.value is None and exact.value_size == 0 and exact.stdout == bytes(1000)  # the tail is the value
+    assert big.outcome == OUTCOME_OK and big.stdout == body.encode()[-1000:]  # the display tail stays a tail
+    spool = executor.value_path(OWNER, "big")
+    assert big.value_size == spool.stat().st_size and msgpack.unpackb(spool.read_bytes()) == body.encode()
+    assert (over.outcome, over.error, over.value_size) == (
+        OUTCOME_ERROR, f"value is {len(body) / 1024:.1f} KiB, over the job's max_result of 3,000 bytes", 0)
+    assert failed.outcome == OUTCOME_ERROR and failed.exit_code == 4 and failed.value_size == 0
+    assert sorted(os.listdir(spool.parent)) == [spool.name]  # nothing kept of the others
+    executor.ack(OWNER, ["big"])
+    await rec.until(lambda: not spool.exists())
