@@ -19,9 +19,12 @@ Limit: a task process that leaves its process group (setsid) escapes both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 from collections import deque
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -470,8 +473,21 @@ class Executor:
         if not done:
             return
         journal = self._journal
-        for task, result in done:
-            journal.record(task.owner, result, task.value_part)
+        for i, (task, result) in enumerate(done):
+            part = task.value_part
+            if part is None:
+                journal.record(task.owner, result)
+                continue
+            task.value_part = None
+            try:
+                journal.record(task.owner, result, part)
+            except OSError as exc:  # the spool file could not be put in place: no value, said so
+                log.error("value of %s: %s", task.id, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+                result = replace(result, outcome=OUTCOME_ERROR, error=f"the agent cannot keep the value: {exc}", value_size=0)
+                done[i] = (task, result)
+                journal.record(task.owner, result)
         journal.flush()
         held = self._held
         listener = self._listener

@@ -646,3 +646,22 @@ async def test_a_shell_value_is_its_whole_stdout_past_the_tail_without_its_progr
     assert sorted(os.listdir(spool.parent)) == [spool.name]  # nothing kept of the others
     executor.ack(OWNER, ["big"])
     await rec.until(lambda: not spool.exists())
+
+
+async def test_a_value_whose_spool_file_cannot_be_put_in_place_fails_its_task(make: Any, monkeypatch: Any) -> None:
+    executor, rec = await make(output_tail_bytes=100)
+    journal = executor._journal
+    real_record = journal.record
+
+    def no_room(owner: str, result: TaskResult, part: Path | None = None) -> None:
+        if part is not None:  # the rename into the spool, as a full or broken disk would refuse it
+            raise OSError(28, "No space left on device")
+        real_record(owner, result)
+
+    monkeypatch.setattr(journal, "record", no_room)
+    executor.submit(OWNER, [sh("big", "head -c 5000 /dev/zero")])
+    result = await rec.result("big")
+    assert (result.outcome, result.value_size) == (OUTCOME_ERROR, 0)
+    assert result.error == "the agent cannot keep the value: [Errno 28] No space left on device"
+    assert executor.unacked(OWNER) == [result]  # journaled as the error it is
+    assert os.listdir(journal.values_dir) == []  # the part file went too
