@@ -35,6 +35,7 @@ from nodeagent.protocol import (
     ProtocolError,
     TaskResult,
     TaskSpec,
+    Value,
     decode,
 )
 from nodeagent.server import main
@@ -253,6 +254,7 @@ _VALID_BODIES: dict[str, dict[str, Any]] = {
         "type": "heartbeat", "time": 1.0, "cpu": 1.0, "mem": 1.0, "load": [0.5, 0.5, 0.5],
         "slots_total": 2, "slots_busy": 1, "queued": 0,
     },
+    "value": {"type": "value", "id": "t", "offset": 0, "data": b"x"},
 }  # fmt: skip
 # Every numeric field of every message, with values it must refuse.
 _NAN, _INF = float("nan"), float("inf")
@@ -261,11 +263,14 @@ _BAD_NUMBERS: dict[tuple[str, str], list[Any]] = {
     ("hello", "slots"): [-1, 2**40, _NAN],
     ("run.task", "timeout"): [_NAN, _INF, -_INF, -1.0, 0, 1e300, True],
     ("run.task", "slots"): [0, -3, 2**40, True, 1.0],
+    ("run.task", "max_result"): [-1, 2**32, True, 1.5],
     ("progress", "fraction"): [_NAN, _INF, -0.1, 1.5, True],
     ("finished.result", "exit_code"): [2**63, -(2**40), 1.0, True],
     ("finished.result", "signal"): [0, -9, 2**20, True],
     ("finished.result", "started"): [_NAN, _INF, -1.0, 1e300],
     ("finished.result", "ended"): [_NAN, -_INF, -5],
+    ("finished.result", "value_size"): [-1, 2**32, True, 1.5, _NAN],
+    ("value", "offset"): [-1, 2**32, True, 1.5],
     ("heartbeat", "time"): [_NAN, _INF, -1.0],
     ("heartbeat", "cpu"): [_NAN, -1.0, 101.0, _INF],
     ("heartbeat", "mem"): [_NAN, 150.0],
@@ -285,7 +290,8 @@ def _with_field(where: str, name: str, value: Any) -> dict[str, Any]:
 
 def test_every_numeric_wire_field_has_a_range_check():
     """A numeric field added later without a check (and a row here) fails this test."""
-    classes = {"hello": Hello, "run.task": TaskSpec, "progress": Progress, "finished.result": TaskResult, "heartbeat": Heartbeat}
+    classes = {"hello": Hello, "run.task": TaskSpec, "progress": Progress, "finished.result": TaskResult, "heartbeat": Heartbeat,
+               "value": Value}  # fmt: skip
     numeric = {
         (where, f.name)
         for where, cls in classes.items()
