@@ -77,7 +77,7 @@ class TaskDetailScreen(ShoalScreen):
     TITLE_TEXT = "Task"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("R", "resubmit", "Rerun", id="detail.resubmit", tooltip="Run this failed or cancelled task again"),
+        Binding("R", "resubmit", "Rerun", id="detail.resubmit", tooltip="Run this ended task again (asks first for a succeeded one)"),
         Binding("x", "cancel", "Cancel", id="detail.cancel", tooltip="Cancel this task (asks first)"),
         Binding("escape", "back", "Back", id="detail.back", tooltip="Back to the tasks"),
     ]

@@ -76,7 +76,7 @@ class TasksScreen(ShoalScreen):
         Binding("slash", "filter", "Filter", id="task.filter", tooltip="Filter: status:failed node:HOST:PORT or words of the error"),
         Binding("o", "sort", "Sort", id="task.sort", tooltip="Sort by the next column (index, status, node, attempts, duration, error)"),
         Binding("O", "reverse", "Reverse", id="task.reverse", tooltip="Reverse the sort order"),
-        Binding("R", "resubmit_task", "Rerun task", id="task.resubmit", tooltip="Run this failed or cancelled task again"),
+        Binding("R", "resubmit_task", "Rerun task", id="task.resubmit", tooltip="Run this ended task again (asks first for a succeeded one)"),
         Binding("x", "cancel_task", "Cancel task", id="task.cancel", tooltip="Cancel this task (asks first)"),
         Binding("F", "resubmit_failed", "Rerun failed", id="task.resubmit_failed", tooltip="Run all failed tasks of this job again"),
         Binding("escape", "back", "Back", id="task.back", tooltip="Back to the jobs"),
@@ -229,13 +229,28 @@ class TasksScreen(ShoalScreen):
 
 
 def rerun_task(screen: ShoalScreen, job_id: int, index: int, status: str) -> None:
-    """Run one failed or cancelled task again (the engine reruns only those:
-    a succeeded task's result stays as it is)."""
-    if status not in ("failed", "cancelled"):
-        screen.notify(f"task {job_id}/{index} is {status}: only failed or cancelled tasks run again", severity="warning")
+    """Run one ended task again. A failed or cancelled one goes at once; a
+    succeeded one asks first, as its result is replaced by the new run's (the
+    job's result counts each task once)."""
+    if status not in ("failed", "cancelled", "succeeded"):
+        screen.notify(f"task {job_id}/{index} is {status}: it runs again only once it has ended", severity="warning")
         return
     api = screen.shoal.api
-    screen.act(lambda: api.resubmit(job_id, [index], failed_only=True, actor="console"), f"task {job_id}/{index} queued again")
+
+    def rerun() -> None:
+        screen.act(lambda: api.resubmit(job_id, [index], failed_only=False, actor="console"), f"task {job_id}/{index} queued again")
+
+    if status != "succeeded":
+        rerun()
+        return
+    screen.app.push_screen(
+        ConfirmScreen(
+            f"Rerun succeeded task {job_id}/{index}?",
+            "Its stored result is replaced by the new run's; the job's result counts it once.",
+            yes="Rerun",
+        ),
+        lambda yes: rerun() if yes else None,
+    )
 
 
 class FailuresScreen(TasksScreen):

@@ -202,6 +202,33 @@ async def test_task_detail_shows_attempts_error_traceback_and_output(engine, tmp
         assert "RESULT" in text_of(screen, "#detail-result") and "square of 0" in text_of(screen, "#detail-stdout")
 
 
+async def test_rerun_of_a_succeeded_task_asks_then_replaces_its_result(engine, tmp_path):
+    job_id = await engine.submit(job('name = "sq"\nfunction = "tests.tui.taskfns:square"\ncount = 6\nreduce = "sum"\n'))
+    assert await engine.wait(job_id, 30) == "succeeded"
+    app = app_for(engine, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_jobs(pilot, app)
+        await pilot.press("enter")
+        table = await until(pilot, lambda: isinstance(app.screen, TasksScreen) and app.screen.query_one(TaskTable))
+        await until(pilot, lambda: len(table.window) == 6)
+        await pilot.press("down", "down", "enter")  # task 2: succeeded
+        screen = await until(pilot, lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.detail and app.screen)
+        assert screen.index == 2
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # declined: nothing runs
+        await until(pilot, lambda: app.screen is screen)
+        assert len((await engine.task(job_id, 2)).attempts) == 1
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until_async(pilot, lambda: _attempts(engine, job_id, 2, 2), what="task 2 ran a second time")
+    assert await engine.wait(job_id, 30) == "succeeded"
+    assert await engine.result(job_id) == sum(n * n for n in range(6))  # the rerun task counted once
+    assert [len((await engine.task(job_id, i)).attempts) for i in range(6)] == [1, 1, 2, 1, 1, 1]
+    assert any(e.actor == "console" and e.action == "resubmit" for e in await engine.audit(20))
+
+
 async def test_cancel_one_task_asks_then_only_that_task_is_cancelled(engine, tmp_path):
     job_id = await engine.submit(job('name = "naps"\nfunction = "tests.tui.taskfns:nap"\nitems = [3, 3, 3, 3, 3, 3, 3, 3]\n'))
     app = app_for(engine, tmp_path)
