@@ -215,6 +215,7 @@ class EngineCore(Recovery):
         hello = e.hello
         node.agent_id, node.hostname, node.slots = hello.id, hello.hostname, max(1, hello.slots)
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
+        node.kinds = frozenset(hello.capabilities)
         node.drain_ordered = None  # a new session: its hello says what it is
         node.stopping = False
         self.roomy[node.id] = node
@@ -549,7 +550,7 @@ class EngineCore(Recovery):
             return
         waiting = bool(self.awaiting)  # restored jobs wait for known nodes' hellos
         demands = [
-            JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes)
+            JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes, j.spec.kind)
             for j in self.open_jobs.values()
             if j.ready and not (waiting and j.restored)
         ]
@@ -561,7 +562,7 @@ class EngineCore(Recovery):
         for node in list(roomy.values()):
             capacity = node.capacity(cfg.prefetch_seconds, cfg.max_prefetch)
             if node.in_flight_slots < capacity and self._accepts_work(node):
-                rooms[node.id] = NodeRoom(node.id, capacity, node.in_flight_slots, node.labels)
+                rooms[node.id] = NodeRoom(node.id, capacity, node.in_flight_slots, node.labels, node.kinds)
             else:
                 del roomy[node.id]
         if not rooms:

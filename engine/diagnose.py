@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from engine.spec import JobSpec
 from engine.views import NodeInfo
+from nodeagent.protocol import KIND_CALL, KIND_PICKLE, KIND_SHELL
 
 REACHED = frozenset({"up", "draining", "drained"})
 
@@ -21,7 +22,8 @@ def _labels(labels: dict[str, str]) -> str:
 
 def unmet_field(spec: JobSpec, nodes: Sequence[NodeInfo]) -> tuple[str, str] | None:
     """``(field, sentence)`` when no reached node can take the job's tasks
-    (its ``labels`` or ``slots``), else None. With no node reached: None."""
+    (its ``labels``, ``slots`` or kind of task), else None. With no node
+    reached: None."""
     reached = [n for n in nodes if n.state in REACHED]
     if not reached:
         return None
@@ -30,10 +32,22 @@ def unmet_field(spec: JobSpec, nodes: Sequence[NodeInfo]) -> tuple[str, str] | N
         offered = ", ".join(f"{n.id} {_labels(n.labels)}" for n in reached[:8])
         more = f", {len(reached) - 8} more" if len(reached) > 8 else ""
         return "labels", f"no node offers labels {_labels(spec.labels)} ({len(reached)} nodes: {offered}{more})"
-    if not any(n.slots >= spec.slots for n in fits_labels):
+    fits_slots = [n for n in fits_labels if n.slots >= spec.slots]
+    if not fits_slots:
         offered = ", ".join(f"{n.id} {n.slots} slots" for n in fits_labels[:8])
         return "slots", f"no node offers {spec.slots} slots per task ({len(fits_labels)} nodes: {offered})"
+    if not any(not n.kinds or spec.kind in n.kinds for n in fits_slots):
+        offered = ", ".join(f"{n.id} {'/'.join(n.kinds)}" for n in fits_slots[:8])
+        field = "command" if spec.kind == KIND_SHELL else "function"
+        return field, f"no node runs {spec.kind} tasks ({len(fits_slots)} nodes: {offered}){_KIND_HINTS.get(spec.kind, '')}"
     return None
+
+
+# What makes an agent offer a kind of task it does not offer now.
+_KIND_HINTS = {
+    KIND_PICKLE: "; an agent runs pickled callables only when started with --allow-pickle",
+    KIND_CALL: "; an agent runs Python tasks when its task user can run its Python (its log says why not)",
+}
 
 
 def all_known_reached(nodes: Sequence[NodeInfo]) -> bool:

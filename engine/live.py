@@ -227,6 +227,7 @@ def node_info(
         failed=live.node_failed.get(address, 0),
         heartbeat_age=(now - node.last_seen) if node and node.last_seen else None,
         fingerprint=fingerprint,
+        kinds=sorted(node.kinds) if node else [],
     )
 
 

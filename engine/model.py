@@ -173,6 +173,7 @@ class Node:
     hostname: str = ""
     slots: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    kinds: frozenset[str] = frozenset()  # task kinds its hello offers; empty: it did not say
     up: bool = False
     drained: bool = False
     # The drain state this engine last ordered, until a heartbeat agrees:

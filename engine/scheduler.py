@@ -26,6 +26,7 @@ class NodeRoom:
     capacity: int  # slots + prefetch: the most slot-units it may hold
     in_flight: int  # slot-units already sent and not finished
     labels: dict[str, str] = field(default_factory=dict)
+    kinds: AbstractSet[str] = frozenset()  # task kinds it runs; empty: any
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class JobDemand:
     slots_per_task: int = 1
     labels: dict[str, str] = field(default_factory=dict)
     excluded: AbstractSet[str] = frozenset()  # nodes that refused this job's tasks (read, not kept)
+    kind: str = ""  # its tasks' kind (shell, call, pickle); "": any node
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
             if node.node_id not in job.excluded
             and node.capacity - in_flight[node.node_id] >= need
             and (not job.labels or labels_match(job.labels, node.labels))
+            and (not node.kinds or not job.kind or job.kind in node.kinds)
         ]
         if not eligible:
             continue

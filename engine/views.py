@@ -85,6 +85,7 @@ class NodeInfo(_View):
     failed: int = 0
     heartbeat_age: float | None = None  # seconds since its last heartbeat
     fingerprint: str = ""  # SHA256 of the host key it presented
+    kinds: list[str] = field(default_factory=list)  # task kinds it runs (shell, call, pickle); empty: not known
 
 
 @dataclass(frozen=True, slots=True)

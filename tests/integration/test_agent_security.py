@@ -35,10 +35,14 @@ from nodeagent.protocol import (
     SUBSYSTEM,
     Error,
     FrameDecoder,
+    Heartbeat,
     Hello,
     Message,
     ProtocolError,
+    Rejected,
+    Run,
     Started,
+    TaskSpec,
     decode_body,
     encode,
 )
@@ -630,29 +634,27 @@ async def test_run_as_call_tasks_are_refused_as_unsupported_when_the_user_cannot
     if not refusal:
         pytest.skip(f"{RUN_AS} can run {sys.executable} here: see the test that call tasks run as the user")
     async with run_as_agent(open_root) as (engine, agent, _):
-        alerts = engine.subscribe(kinds=["Alert"])
         shell_job = await engine.submit(JobSpec(name="shell", kind="shell", shell_template="echo {item}", items=[1]))
         assert await engine.wait(shell_job, timeout=60) == "succeeded"  # the agent serves shell tasks
         job_id = await engine.submit(JobSpec(name="calls", kind="call", fn="math:sqrt", items=[4.0]))
-
-        async def refusal_alert() -> Any:
-            async for alert in alerts:
-                if "refused tasks" in alert.message:
-                    return alert
-
-        alert = await asyncio.wait_for(refusal_alert(), 30)
+        # The engine places call tasks only where a hello offers them, and says why it waits.
+        with pytest.raises(TimeoutError, match=r"field 'function': no node runs call tasks \(1 nodes: 127.0.0.1:\d+ shell\)"):
+            await engine.wait(job_id, timeout=2)
+        assert (await engine.job(job_id)).counts["queued"] == 1
         await engine.cancel(job_id)
-        hello = await _hello_of(engine, open_root)
+        # A call task sent anyway (an engine that does not read the hello) is refused, saying why.
+        hello, rejected = await _hello_and_reply(engine, open_root, Run([TaskSpec("probe.0.1", "call", fn="math:sqrt", args=[4.0])]))
     assert hello.capabilities == ["shell"], hello  # the hello says it too
-    assert "refused tasks (unsupported)" in alert.message, alert
-    assert f"{RUN_AS} (--run-as) cannot run {sys.executable}" in alert.message, alert
-    assert "permission denied" in alert.message and f"install Shoal and its Python where {RUN_AS} can read" in alert.message
+    assert isinstance(rejected, Rejected) and rejected.code == "unsupported", rejected
+    assert f"{RUN_AS} (--run-as) cannot run {sys.executable}" in rejected.reason, rejected
+    assert "permission denied" in rejected.reason and f"install Shoal and its Python where {RUN_AS} can read" in rejected.reason
     log = agent.stderr.read().decode()
     assert [line for line in log.splitlines() if "call and pickle tasks cannot run on this agent" in line], log
 
 
-async def _hello_of(engine: Any, root: Path) -> Any:
-    """The agent's hello, to a second console link with the engine's key."""
+async def _hello_and_reply(engine: Any, root: Path, message: Any = None) -> tuple[Any, Any]:
+    """The agent's hello to a second console link with the engine's key, and
+    the first reply to ``message`` sent on it (None when none is sent)."""
     from engine.link import open_link
     from engine.trust import load_or_create_console_key
 
@@ -664,7 +666,13 @@ async def _hello_of(engine: Any, root: Path) -> Any:
         connect_timeout=10,
     )  # fmt: skip
     try:
-        return link.hello
+        if message is None:
+            return link.hello, None
+        link.send(message)
+        while True:
+            for reply in await asyncio.wait_for(link.recv_many(), 30):
+                if not isinstance(reply, Heartbeat):
+                    return link.hello, reply
     finally:
         link.close()
         await asyncio.wait_for(link.wait_closed(), 10)
@@ -695,7 +703,7 @@ async def test_run_as_call_tasks_run_as_the_user_where_it_can_run_python(open_ro
             JobSpec(name="env", kind="call", fn="tests.integration.runastasks:identity", items=[0], retries=0)
         )
         assert await engine.wait(env_job, timeout=60) == "succeeded"
-        assert "call" in (await _hello_of(engine, open_root)).capabilities
+        assert "call" in (await _hello_and_reply(engine, open_root))[0].capabilities
         (row,) = await engine.task_results(env_job)
         big = await engine.submit(JobSpec(name="big", kind="call", fn="tests.integration.runastasks:big", items=[3 << 20]))
         assert await engine.wait(big, timeout=60) == "succeeded"  # spooled by USER's worker, adopted by the agent

@@ -231,6 +231,15 @@ def test_the_python_api_says_why_a_wait_times_out(cluster, tmp_path):
         job = running.map(["echo", "{item}"], [1, 2], labels={"gpu": "yes"})
         with pytest.raises(TimeoutError, match=r"field 'labels': no node offers labels gpu=yes \(2 nodes: 127.0.0.1:"):
             job.wait(timeout=2)
+        # A callable pickled by value, and agents started without --allow-pickle.
+        job = running.map(lambda x: x + 1, [1, 2])
+        with pytest.raises(
+            TimeoutError,
+            match=r"field 'function': no node runs pickle tasks \(2 nodes: 127.0.0.1:\d+ call/shell, .*\); "
+            r"an agent runs pickled callables only when started with --allow-pickle",
+        ):
+            job.wait(timeout=2)
+        assert job.counts["queued"] == 2  # none sent to be refused
 
 
 @pytest.mark.timeout(120)

@@ -49,6 +49,15 @@ def test_excluded_nodes_are_skipped():
     assert _given(place([JobDemand(1, 0, 4, excluded=frozenset({"a"}))], nodes)) == {"b": 2}
 
 
+def test_a_task_goes_only_to_nodes_that_run_its_kind():
+    nodes = [NodeRoom("shell-only", 4, 0, kinds=frozenset({"shell"})), NodeRoom("python", 4, 0, kinds=frozenset({"shell", "call"}))]
+    assert _given(place([JobDemand(1, 0, 10, kind="call")], nodes)) == {"python": 4}
+    assert _given(place([JobDemand(1, 0, 2, kind="shell")], nodes)) == {"shell-only": 1, "python": 1}
+    assert place([JobDemand(1, 0, 10, kind="pickle")], nodes) == []
+    # A node whose hello named no kinds (an older agent) is offered any.
+    assert _given(place([JobDemand(1, 0, 1, kind="pickle")], [NodeRoom("old", 4, 0)])) == {"old": 1}
+
+
 @given(
     st.lists(st.tuples(st.integers(1, 16), st.integers(0, 16)), min_size=1, max_size=6),
     st.lists(st.tuples(st.integers(-2, 2), st.integers(0, 50), st.integers(1, 3)), min_size=1, max_size=4),
