@@ -52,7 +52,7 @@ async def run_job(
         job_id = resumed
         out.message(f"shoal: resuming job {job_id} ({spec.name}) left unfinished in {engine.state_dir}")
     else:
-        earlier = _unfinished_from_same_file(engine, spec)
+        earlier = engine.unfinished_from_file(spec)
         job_id = await engine.submit(spec, actor="shoal run")
         if earlier:
             listed = ", ".join(map(str, earlier))
@@ -175,15 +175,6 @@ def node_counts(before: dict[str, NodeInfo], after: list[NodeInfo]) -> list[tupl
         if ran or node.state in diagnose.REACHED:
             out.append((node.id, ran, failed))
     return out
-
-
-def _unfinished_from_same_file(engine: Engine, spec: JobSpec) -> list[int]:
-    """Unfinished jobs submitted from the same job file with other contents.
-    (The engine's job table, as ``find_unfinished`` reads it.)"""
-    if spec.source is None:
-        return []
-    jobs = engine.coordinator.core.jobs.values()
-    return sorted(j.id for j in jobs if j.status.value == "running" and j.spec.source == spec.source)
 
 
 def format_result(result: Any) -> str:

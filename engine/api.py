@@ -369,6 +369,15 @@ class Engine:
                 return job.id
         return None
 
+    def unfinished_from_file(self, spec: JobSpec) -> list[int]:
+        """Unfinished jobs submitted from the same job file as ``spec`` (its
+        resolved path), whatever their contents: a changed file is a new job,
+        and the caller says so."""
+        if spec.source is None:
+            return []
+        jobs = self.coordinator.core.jobs.values()
+        return sorted(j.id for j in jobs if j.status.value == "running" and j.spec.source == spec.source)
+
     async def wait_for_nodes(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while (up := sum(1 for n in self.coordinator.core.nodes.values() if n.up)) < count:
