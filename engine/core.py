@@ -47,6 +47,7 @@ from engine.inputs import (
 )
 from engine.invariants import validate_state
 from engine.model import (
+    TERMINAL,
     Attempt,
     Job,
     JobStatus,
@@ -249,6 +250,11 @@ class EngineCore(Recovery):
         lost = list(node.running.values())
         for attempt in lost:
             self._attempt_gone(attempt, e.now, e.reason, blame=True)
+            # The agent may only be cut off and still run it: if it comes
+            # back holding it (or with its result), the task takes it back
+            # rather than running a second time.
+            if attempt.task.status not in TERMINAL:
+                self.recovering[attempt.id] = attempt.task
         self.out.events.append(ev.NodeChanged(node.id, "lost", node.drained, node.slots, node.hostname, node.labels, e.reason))
         self.out.events.append(ev.Alert("warning", f"node {node.id} lost: {e.reason}; {len(lost)} attempts ended", node.id))
         self.out.audit.append(AuditEntry(e.now, "engine", "node lost", node.id, f"{e.reason}; {len(lost)} attempts ended"))
@@ -330,7 +336,7 @@ class EngineCore(Recovery):
             acks.append(result.id)
             attempt = live.get(result.id)
             if attempt is None or attempt.node is not node:  # only its own node speaks for an attempt
-                if node is None or not self._recoverable(result.id):
+                if node is None or not node.up or not self._recoverable(result.id):
                     continue  # late or duplicate: that attempt was re-run or already counted
                 attempt = self._adopt(result.id, node, now)
                 if attempt is None:

@@ -86,7 +86,7 @@ class Attempt:
 class Task:
     """A task that is in flight, waiting for a retry, or requeued."""
 
-    __slots__ = ("job", "index", "status", "issued", "durable", "reserved", "failures", "node_failures", "node", "live", "ready_at")
+    __slots__ = ("job", "index", "status", "issued", "durable", "failures", "node_failures", "node", "live", "ready_at")
 
     def __init__(self, job: Job, index: int, issued: int = 0) -> None:
         self.job = job
@@ -99,7 +99,6 @@ class Task:
         # attempt that may still be out there.
         self.issued = issued
         self.durable = issued
-        self.reserved = 0  # after a restart: the first of two numbers perhaps still out there
         self.failures = 0  # failed attempts counted against retries
         self.node_failures = 0  # attempts lost with their node (poison count)
         self.node = ""  # the node of the latest attempt, for rows and events

@@ -75,7 +75,7 @@ class Recovery(TaskStates):
         (stored at once), so its next attempt, and those after another
         crash, are past them."""
         task = Task(job, index, issued=durable + 2)
-        task.failures, task.node_failures, task.reserved = failures, node_failures, durable + 1
+        task.failures, task.node_failures = failures, node_failures
         self._row(task)
         self.recovering[attempt_id(job.id, index, durable + 1)] = task
         self.recovering[attempt_id(job.id, index, durable + 2)] = task
@@ -111,9 +111,10 @@ class Recovery(TaskStates):
         return True
 
     def _adopt(self, aid: str, node: Node, now: float) -> Attempt | None:
-        """Take back an attempt that was in flight before a restart: it runs
-        on ``node`` (or finished there) under the same id. A task dispatched
-        afresh meanwhile gets it as a second attempt; the first result wins."""
+        """Take back an attempt that was in flight before a restart, or on a
+        node that was lost and is back: it runs on ``node`` (or finished
+        there) under the same id. A task dispatched afresh meanwhile gets it
+        as a second attempt; the first result wins."""
         task = self.recovering.pop(aid)
         parsed = parse_attempt_id(aid)
         assert parsed is not None
@@ -122,7 +123,7 @@ class Recovery(TaskStates):
             return self._add_attempt(attempt)
         if task.status is S.QUEUED:
             task.job.requeued.remove(task)
-            self._move(task, S.RUNNING, Why("recovered after restart", now, adopted=attempt))
+            self._move(task, S.RUNNING, Why(f"taken back: {node.id} still holds it", now, adopted=attempt))
             return attempt
         return None  # ended or waiting for a retry meanwhile: that attempt is stale
 

@@ -149,8 +149,10 @@ class TaskStates:
         # Writing ``issued`` makes every attempt number so far durable: after
         # a crash the task goes on past them (see Task.durable).
         task.durable = task.issued
-        if task.reserved and task.status in TERMINAL:
-            for number in (task.reserved, task.reserved + 1):
+        if self.recovering and task.status in TERMINAL:
+            # Its attempts kept for adoption (after a restart, or out on a
+            # node that was lost) are stale now.
+            for number in range(1, task.issued + 1):
                 self.recovering.pop(attempt_id(task.job.id, task.index, number), None)
         r = result
         self.out.task_rows.append(

@@ -323,10 +323,10 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
         executor = self._hub.executor
         ident = self._hub.identity
         unacked = executor.unacked(self.owner)
-        # A result whose value goes out in pieces cannot follow the hello in
-        # its write: its attempt counts as held until it comes, so a console
-        # does not think it gone and run it again meanwhile.
-        streaming = [result.id for result in unacked if result.value_size]
+        # Attempts whose result is not acked yet count as held: the console
+        # may act on the hello before it reads the results that follow (a
+        # value in pieces takes several writes), and must not think them
+        # gone and run them again meanwhile.
         reply = Hello(
             version=PROTOCOL_VERSION,
             role="agent",
@@ -336,7 +336,7 @@ class ConsoleSession(asyncssh.SSHServerSession[bytes]):
             labels=ident.labels,
             capabilities=ident.capabilities,
             drained=executor.drained,
-            holding=executor.holding(self.owner) + streaming,
+            holding=executor.holding(self.owner) + [result.id for result in unacked],
             software=ident.software,
         )
         # The hello goes out first, ahead of anything coalesced; the journal's

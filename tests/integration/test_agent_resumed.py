@@ -109,3 +109,44 @@ async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_qui
     # Nor a traceback on the engine's side (asyncio logs an exception that
     # escapes a callback with exc_info).
     assert not [record for record in caplog.records if record.exc_info], caplog.text
+
+
+async def test_tasks_of_an_agent_dropped_and_back_run_once(tmp_path):
+    """Its hello lists what it still runs and the results it still has: the
+    engine takes those attempts back instead of running the tasks again."""
+    runs = tmp_path / "runs.txt"
+    cluster = LocalCluster(tmp_path, [4]).start()
+    agent = cluster.agents[0]
+    assert agent.proc is not None
+    engine = await Engine.open(cluster.state_dir, cluster.config_dir, nodes=cluster.addresses)
+    try:
+        await engine.wait_for_nodes(1, timeout=30)
+        spec = parse_job_text(
+            f'name = "once"\nshell = "echo {{item}} >> {runs}; sleep 1; echo {{item}}"\n'
+            'items = { range = [0, 12] }\nreduce = "sum"\n',
+            source="once.toml", base_dir=REPO,
+        )
+        job_id = await engine.submit(spec)
+
+        async def four_running() -> bool:
+            return (await engine.job(job_id)).counts.get("running", 0) >= 4
+
+        await until(four_running, "4 tasks running", 20)
+        agent.proc.send_signal(signal.SIGSTOP)
+
+        async def dropped() -> bool:
+            return (await engine.nodes())[0].state != "up"
+
+        await until(dropped, "the stopped agent declared lost", 15)
+        counts = (await engine.job(job_id)).counts
+        assert counts["running"] + counts["sent"] == 0  # its attempts ended in the engine's eyes
+        agent.proc.send_signal(signal.SIGCONT)
+        assert await engine.wait(job_id, timeout=60) == "succeeded"
+        assert await engine.result(job_id) == sum(range(12))
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGCONT)
+        await engine.close()
+        cluster.stop()
+    executed = sorted(int(line) for line in runs.read_text().split())
+    assert executed == list(range(12)), executed  # each task ran once

@@ -91,6 +91,45 @@ def test_duplicate_and_late_results_are_counted_once():
     assert h.core.jobs[1].reducer.result() == 7
 
 
+def test_a_lost_node_back_with_its_attempts_runs_nothing_twice():
+    h = Harness()
+    h.node("a", 1)
+    h.step(c.JobSubmitted(1, spec(count=3), h.now))
+    held = list(h.sent["a"])
+    assert len(held) == 2  # one slot and one prefetched
+    h.step(c.NodeLost("a", "no heartbeat", h.now))
+    assert h.core.jobs[1].counts[TaskStatus.QUEUED] == 3
+    # Only cut off: it still runs one attempt and has the other's result;
+    # its hello lists both, and the result follows.
+    out = h.step(c.NodeUp("a", hello(1, holding=held), h.now))
+    assert not out.cancels.get("a")  # taken back, not cancelled
+    assert set(h.core.nodes["a"].running) == set(held)
+    out = h.finish("a", [ok(held[0], 5)])
+    assert h.core.jobs[1].counts[TaskStatus.SUCCEEDED] == 1
+    h.finish("a", [ok(held[1], 6)])
+    third = h.sent["a"][-1]
+    h.finish("a", [ok(third, 7)])
+    assert h.core.jobs[1].reducer.result() == 18
+    assert h.sent["a"] == [*held, third]  # nothing sent twice
+
+
+def test_a_lost_nodes_attempt_and_its_rerun_elsewhere_race_and_the_first_result_wins():
+    h = Harness()
+    h.node("a", 1)
+    h.node("b", 1)
+    h.step(c.JobSubmitted(1, spec(count=1), h.now))
+    (node, (first,)), = h.sent.items()
+    other = "b" if node == "a" else "a"
+    h.step(c.NodeLost(node, "no heartbeat", h.now))
+    (second,) = h.sent[other]
+    h.step(c.NodeUp(node, hello(1, holding=[first]), h.now))
+    assert {a.id for a in h.core.jobs[1].requeued} == set()  # running, with two attempts
+    out = h.finish(node, [ok(first, 5)])
+    assert out.cancels[other] == [second]  # the slower one is stopped
+    h.finish(other, [ok(second, 7)])  # too late: not counted
+    assert h.core.jobs[1].reducer.result() == 5
+
+
 def test_failures_retry_with_backoff_then_fail():
     h = Harness()
     h.node("a", 1)

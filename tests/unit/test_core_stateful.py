@@ -226,7 +226,9 @@ class CoreMachine(RuleBasedStateMachine):
                 for aid in old.held:
                     agent.unacked[aid] = result(aid, Outcome.LOST, self.now, "agent restarted")
         agent.connected = True
-        hello = Hello(version=1, role="agent", id=name, slots=agent.slots, holding=list(agent.held), drained=agent.drained)
+        # Its hello lists what it runs and what it has unacked results for (they follow).
+        holding = [*agent.held, *(aid for aid in agent.unacked if aid not in agent.held)]
+        hello = Hello(version=1, role="agent", id=name, slots=agent.slots, holding=holding, drained=agent.drained)
         self.core.handle(c.NodeUp(name, hello, self.now))
         # Unacked results follow the hello, in the same write.
         if agent.unacked:
