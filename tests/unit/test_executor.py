@@ -87,7 +87,9 @@ class Recorder:
                 raise AssertionError("timed out waiting for the executor")
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                # Woken by the executor's reports, and every 50 ms for what
+                # it does not report (a file it removes after an ack).
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
             except TimeoutError:
                 pass
 
