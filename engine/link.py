@@ -22,7 +22,6 @@ from operator import attrgetter
 from typing import Any
 
 import asyncssh
-import msgpack
 
 from engine.spec import MAX_MAX_RESULT
 from nodeagent import protocol
@@ -42,6 +41,7 @@ from nodeagent.protocol import (
     decode_body,
     encode,
     encode_many,
+    unpack,
 )
 
 KEX_ALGS = protocol.SSH_KEX_ALGS
@@ -66,10 +66,6 @@ MAX_ASSEMBLING_BYTES = MAX_MAX_RESULT + 16
 
 
 _VALUE_SIZE = attrgetter("value_size")
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ProtocolError(f"a value holds msgpack ext type {code}, which is not allowed")
 
 
 class ValueAssembly:
@@ -111,12 +107,7 @@ class ValueAssembly:
             if buf is None or len(buf) != result.value_size:
                 got = 0 if buf is None else len(buf)
                 raise ProtocolError(f"finished: value of {result.id!r} is {result.value_size} bytes, got {got}")
-            try:
-                value = msgpack.unpackb(buf, strict_map_key=True, ext_hook=_no_ext, raw=False)
-            except ProtocolError:
-                raise
-            except Exception as exc:
-                raise ProtocolError(f"finished: value of {result.id!r} is not one msgpack value: {exc}") from None
+            value = unpack(buf, f"finished: value of {result.id!r} is not one msgpack value")
             if results is None:
                 results = list(finished.results)
             results[i] = replace(result, value=value, value_size=0)

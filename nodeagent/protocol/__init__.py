@@ -20,6 +20,9 @@ from nodeagent.protocol.framing import (
 from nodeagent.protocol.framing import (
     encode_many as encode_many,
 )
+from nodeagent.protocol.framing import (
+    unpack as unpack,
+)
 from nodeagent.protocol.mdns import (
     MDNS_SERVICE_TYPE as MDNS_SERVICE_TYPE,
 )

@@ -45,17 +45,22 @@ def decode_body(obj: Any) -> Message:
     return cls.from_wire(obj)
 
 
+def unpack(data: bytes | bytearray, what: str) -> Any:
+    """Exactly one msgpack object as the protocol allows it (string keys, no
+    ext types), or a ProtocolError that starts with ``what``."""
+    try:
+        return msgpack.unpackb(data, strict_map_key=True, ext_hook=_no_ext, raw=False)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+
+
 def decode(frame: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     """Exactly one frame to a message."""
     if len(frame) > max_frame_bytes:
         raise ProtocolError(f"frame larger than {max_frame_bytes} bytes", ERR_FRAME_TOO_LARGE)
-    try:
-        obj = msgpack.unpackb(frame, strict_map_key=True, ext_hook=_no_ext, raw=False)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError(f"malformed frame: {exc}") from None
-    return decode_body(obj)
+    return decode_body(unpack(frame, "malformed frame"))
 
 
 class FrameDecoder:

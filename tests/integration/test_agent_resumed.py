@@ -44,6 +44,25 @@ async def until(condition, what: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def stop_until_dropped(engine: Engine, agent, job_id: int) -> set[str]:
+    """SIGSTOP the agent once 4 of its tasks run, until the engine gives up on
+    it (missed heartbeats) and closes the connection, while the stopped
+    agent's workers finish its tasks. The attempts in flight at the stop."""
+
+    async def four_running() -> bool:
+        return (await engine.job(job_id)).counts.get("running", 0) >= 4
+
+    await until(four_running, "4 tasks running", 20)
+    in_flight = set(engine.coordinator.core.attempts)
+    agent.proc.send_signal(signal.SIGSTOP)
+
+    async def dropped() -> bool:
+        return (await engine.nodes())[0].state != "up"
+
+    await until(dropped, "the stopped agent declared lost", 15)
+    return in_flight
+
+
 async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_quietly_and_delivers_its_results(tmp_path, caplog):
     cluster = LocalCluster(tmp_path, [4]).start()
     agent = cluster.agents[0]
@@ -56,20 +75,7 @@ async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_qui
             source="resumed.toml", base_dir=REPO,
         )
         job_id = await engine.submit(spec)
-
-        async def four_running() -> bool:
-            return (await engine.job(job_id)).counts.get("running", 0) >= 4
-
-        await until(four_running, "4 tasks running", 20)
-        in_flight = set(engine.coordinator.core.attempts)
-        agent.proc.send_signal(signal.SIGSTOP)
-
-        async def dropped() -> bool:
-            return (await engine.nodes())[0].state != "up"
-
-        # The engine gives up on it (missed heartbeats) and closes the
-        # connection, while the stopped agent's workers finish its tasks.
-        await until(dropped, "the stopped agent declared lost", 15)
+        in_flight = await stop_until_dropped(engine, agent, job_id)
         stopped, engine_process = psutil.Process(agent.proc.pid), psutil.Process()
 
         async def redialed() -> bool:
@@ -127,17 +133,7 @@ async def test_tasks_of_an_agent_dropped_and_back_run_once(tmp_path):
             source="once.toml", base_dir=REPO,
         )
         job_id = await engine.submit(spec)
-
-        async def four_running() -> bool:
-            return (await engine.job(job_id)).counts.get("running", 0) >= 4
-
-        await until(four_running, "4 tasks running", 20)
-        agent.proc.send_signal(signal.SIGSTOP)
-
-        async def dropped() -> bool:
-            return (await engine.nodes())[0].state != "up"
-
-        await until(dropped, "the stopped agent declared lost", 15)
+        await stop_until_dropped(engine, agent, job_id)
         counts = (await engine.job(job_id)).counts
         assert counts["running"] + counts["sent"] == 0  # its attempts ended in the engine's eyes
         agent.proc.send_signal(signal.SIGCONT)

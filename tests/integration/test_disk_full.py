@@ -94,10 +94,8 @@ def until(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when_space_is_back(
-    tmp_path: Path, small_disk: Path, cluster: LocalCluster
-) -> None:
-    state_dir = small_disk / "state"
+def write_job(tmp_path: Path) -> tuple[Path, Path]:
+    """A job of TASKS shell tasks, each writing its item to a file of executions."""
     executions = tmp_path / "executions"
     job = tmp_path / "job.toml"
     job.write_text(
@@ -106,6 +104,14 @@ def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when
         f"items = {{ range = [0, {TASKS}] }}\n"
         'reduce = "sum"\n'
     )
+    return job, executions
+
+
+def test_a_full_state_dir_holds_results_says_so_once_and_the_run_carries_on_when_space_is_back(
+    tmp_path: Path, small_disk: Path, cluster: LocalCluster
+) -> None:
+    state_dir = small_disk / "state"
+    job, executions = write_job(tmp_path)
     common = ["--state-dir", str(state_dir)]
     nodes = [flag for address in cluster.addresses for flag in ("--node", address)]
     stderr_path = tmp_path / "run.stderr"
@@ -223,14 +229,7 @@ def test_a_run_stopped_while_its_state_dir_is_full_says_what_it_did_not_save_and
     import signal
 
     state_dir = small_disk / "state"
-    executions = tmp_path / "executions"
-    job = tmp_path / "job.toml"
-    job.write_text(
-        'name = "disk"\n'
-        f'shell = "echo {{item}} >> {executions}; sleep 0.05; echo {{item}}"\n'
-        f"items = {{ range = [0, {TASKS}] }}\n"
-        'reduce = "sum"\n'
-    )
+    job, executions = write_job(tmp_path)
     argv = [
         sys.executable, "-m", "console.cli", "run", str(job), "--json",
         "--state-dir", str(state_dir), "--config-dir", str(cluster.config_dir),

@@ -63,6 +63,18 @@ def app_for(api: Any, tmp_path: Path, **options: Any) -> ShoalApp:
     return build_app(api, config_dir=tmp_path / "console-settings", refresh_hz=TEST_HZ, **options)
 
 
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition()`` (outside an app) until truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
+        time.sleep(0.05)
+
+
 async def until(pilot: Any, condition: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
     """Let the app run until ``condition()`` is truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -24,6 +24,7 @@ from rich.console import Console
 from console.headless_progress import LiveProgress, PlainProgress, Snapshot, Summary, display_for
 from demos.cluster import REPO, LocalCluster
 from engine.views import JobInfo, NodeInfo
+from tests.tui.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,17 +50,6 @@ def run_argv(cluster: LocalCluster, job_file: Path, *extra: str) -> list[str]:
     nodes = [arg for address in cluster.addresses for arg in ("--node", address)]
     return [sys.executable, "-m", "console.cli", "run", str(job_file), "--state-dir", str(cluster.state_dir),
             "--config-dir", str(cluster.config_dir), *nodes, *extra]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-        time.sleep(0.05)
 
 
 def table_after(screen: str, header: list[str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from console.screens.nodes import NodesScreen
 from console.widgets.line_table import ListTable
 from demos.cluster import REPO, LocalCluster
 from engine.api import Engine
-from tests.tui.conftest import TEST_HZ, until
+from tests.tui.conftest import TEST_HZ, until, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,17 +35,6 @@ SLOW_RESULT = sum(i * i for i in range(240))
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path, [2, 2]) as c:
         yield c
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-        time.sleep(0.05)
 
 
 class Tmux:
