@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, cast
 
+from textual import events
 from textual.app import App, ComposeResult
+from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 
@@ -62,10 +64,37 @@ class ShoalScreen(Screen[None]):
     from the feed when the app ticks, and only while it is the one shown."""
 
     TITLE_TEXT = ""
+    # Its widgets cover it whole: its own lines are plain background, made
+    # without the line renderer (forty full-width lines at every switch).
+    BLANK = True
 
     def __init__(self) -> None:
         super().__init__()
         self._stale = True
+        self._suspended_look: tuple[object, ...] | None = None
+        self._drawn_polls = -1  # the feed's poll count when this screen last drew it
+
+    def _look(self) -> tuple[object, ...]:
+        """What outside a screen decides its styles: the theme, the app's
+        focus and colour mode, the terminal's size (breakpoints)."""
+        app = self.app
+        return (app.theme, app.app_focus, app.ansi_color, app.size)
+
+    def post_message(self, message: Message) -> bool:
+        # Textual re-applies the whole stylesheet to every node of a screen
+        # each time a mode switch resumes it (its component classes one by
+        # one, uncached): two thirds of a switch's CPU. A screen that comes
+        # back to the same theme, focus and size has the styles it left with
+        # (a CSS change or a new theme also bumps Textual's own count, which
+        # makes switch_mode refresh the CSS anyway), so it resumes without.
+        if (
+            isinstance(message, events.ScreenResume)
+            and message.refresh_styles
+            and self._suspended_look is not None
+            and self._suspended_look == self._look()
+        ):
+            message = events.ScreenResume(refresh_styles=False)
+        return super().post_message(message)
 
     @property
     def shoal(self) -> ConsoleHost:
@@ -85,7 +114,9 @@ class ShoalScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self.shoal.tick_signal.subscribe(self, self._on_tick)
-        if self._stale:
+        # Redrawn only if the feed moved since this screen last drew it:
+        # a switch back and forth between two polls draws nothing anew.
+        if self._stale and self.shoal.feed.polls != self._drawn_polls:
             self._on_tick(Tick(self.shoal.feed, frozenset(), forced=True))
 
     def on_screen_suspend(self) -> None:
@@ -95,6 +126,7 @@ class ShoalScreen(Screen[None]):
         # one as visible, opaque top or not): a full frame per tick.
         self.shoal.tick_signal.unsubscribe(self)
         self._stale = True
+        self._suspended_look = self._look()
 
     def _on_tick(self, tick: Tick) -> None:
         if not self.is_current:
@@ -102,6 +134,7 @@ class ShoalScreen(Screen[None]):
             return
         self._stale = False
         feed = tick.feed
+        self._drawn_polls = feed.polls
         self.query_one(StatusBar).show(self.TITLE_TEXT, self.shoal.api.attached, str(self.shoal.api.state_dir), feed.nodes, feed.jobs)
         self.show_tick(tick)
 

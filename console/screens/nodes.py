@@ -62,6 +62,10 @@ class NodesScreen(ShoalScreen):
         Binding("t", "trust", "Trust", id="node.trust", tooltip="Pin an untrusted node's host key after checking its SHA256 fingerprint"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, tuple[NodeInfo, tuple[float, ...], Row]] = {}
+
     def compose_body(self) -> ComposeResult:
         yield ListTable(COLUMNS, id="nodes-table")
 
@@ -72,7 +76,17 @@ class NodesScreen(ShoalScreen):
     def show_tick(self, tick: Tick) -> None:
         feed = tick.feed
         nodes = sorted(feed.nodes, key=lambda n: n.id)
-        self.table.set_rows([n.id for n in nodes], [node_row(n, list(feed.cpu.get(n.id, ()))) for n in nodes])
+        self.table.set_rows([n.id for n in nodes], [self._row(n, tuple(feed.cpu.get(n.id, ()))) for n in nodes])
+
+    def _row(self, node: NodeInfo, cpu: tuple[float, ...]) -> Row:
+        # A node that did not change keeps its row: formatting 64 rows (the
+        # sparklines most) is most of a redraw, and most nodes stand still.
+        kept = self._rows.get(node.id)
+        if kept is not None and kept[0] == node and kept[1] == cpu:
+            return kept[2]
+        row = node_row(node, list(cpu))
+        self._rows[node.id] = (node, cpu, row)
+        return row
 
     def _selected(self) -> NodeInfo | None:
         key = self.table.cursor_key

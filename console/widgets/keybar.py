@@ -13,7 +13,9 @@ from typing import ClassVar
 from rich.cells import cell_len
 from textual import events
 from textual.content import Content
+from textual.geometry import Region
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.widget import Widget
 
 PALETTE_HINT = "^p palette"
@@ -34,6 +36,8 @@ class KeyBar(Widget, can_focus=False):
         self._keys: list[tuple[int, int, str]] = []  # (start, end, key) cells of each shown key
         self._last: list[tuple[str, str, str]] = []
         self._resumes = -1
+        self._drawn: tuple[object, ...] | None = None  # what ``_lines`` show
+        self._lines: list[Strip] = []
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
@@ -51,6 +55,20 @@ class KeyBar(Widget, can_focus=False):
             self._last = shown
             self._resumes = screen.stack_updates
             self.refresh()
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # The repaint on resume only has to bring the frame: the same keys
+        # at the same size and look are the lines drawn last time (building
+        # them again costs more than the rest of a switch's frame).
+        drawn = (crop, self.size, tuple(self._last), tuple(self.get_line_filters()))
+        if drawn != self._drawn:
+            self._lines = super().render_lines(crop)
+            self._drawn = drawn
+        return self._lines
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._drawn = None
 
     def _shown(self) -> list[tuple[str, str, str]]:
         out: list[tuple[str, str, str]] = []
