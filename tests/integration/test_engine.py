@@ -206,9 +206,17 @@ async def test_labels_and_heterogeneous_slots(tmp_path):
             await engine.close()
 
 
-def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_run_stopped_midway_resumes_and_runs_each_task_once(cluster, tmp_path, stop):
+    """Executions are counted, not only stored rows: each task appends its item
+    to a file when it runs, so a task re-run after the restart shows twice
+    even though its second result would be stored once."""
+    executions = tmp_path / "executions"
     jobfile = tmp_path / "resume.toml"
-    jobfile.write_text('name = "resume"\nshell = "sleep 0.1; echo {item}"\nitems = { range = [0, 60] }\nreduce = "sum"\n')
+    jobfile.write_text(
+        f'name = "resume"\nshell = "echo {{item}} >> {executions}; sleep 0.1; echo {{item}}"\n'
+        'items = { range = [0, 60] }\nreduce = "sum"\n'
+    )
     args = [
         sys.executable, "-m", "console.cli", "run", str(jobfile), "--json", "--trust-new",
         "--state-dir", str(cluster.state_dir), "--config-dir", str(cluster.config_dir),
@@ -218,7 +226,7 @@ def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_p
     db_path = cluster.state_dir / "shoal.db"
     deadline = time.monotonic() + 60
     while True:
-        assert time.monotonic() < deadline, "no progress before the kill"
+        assert time.monotonic() < deadline, "no progress before the stop"
         if db_path.exists():
             try:
                 db = sqlite3.connect(db_path)
@@ -229,8 +237,10 @@ def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_p
             if done >= 10:
                 break
         time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait(10)
+    first.send_signal(stop)
+    _, stderr = first.communicate(timeout=30)
+    if stop == signal.SIGINT:
+        assert first.returncode == 130 and b"Traceback" not in stderr, stderr
     second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=90)
     assert second.returncode == 0, second.stderr
     summary = json.loads(second.stdout)
@@ -238,6 +248,8 @@ def test_engine_kill9_and_restart_resumes_without_double_counting(cluster, tmp_p
     assert "resuming" in second.stderr
     rows = succeeded_rows(cluster.state_dir, summary["job"])
     assert [idx for idx, _ in rows] == list(range(60))
+    ran = sorted(int(item) for item in executions.read_text().split())
+    assert ran == list(range(60)), f"run twice: {sorted({i for i in ran if ran.count(i) > 1})}"
 
 
 async def test_node_that_comes_back_is_reconnected_and_used_again(cluster):
