@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
@@ -29,10 +30,9 @@ from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
-from textual.scrollbar import ScrollBar
 from textual.strip import Strip
 
-from console.widgets.scrollbar import ThumbScrollBar
+from console.widgets.scrollbar import quiet_position
 
 Span = tuple[str, str]  # (text, tone)
 Cell = str | Span | tuple[Span, ...]  # plain text, toned text, or toned pieces (a progress bar)
@@ -115,23 +115,17 @@ class LineTable(ScrollView, can_focus=True):
     # --- geometry ------------------------------------------------------------------
 
     @property
-    def vertical_scrollbar(self) -> ScrollBar:
-        """Textual's own property, making a ``ThumbScrollBar`` instead (see
-        widgets/scrollbar.py). Textual 8 makes it the same way."""
-        if self._vertical_scrollbar is None:
-            bar = ThumbScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
-            bar.display = False
-            self._vertical_scrollbar = bar
-            self.app._start_widget(self, bar)
-        return self._vertical_scrollbar
-
-    @property
     def visible_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
 
     @property
     def first_visible(self) -> int:
         return int(self.scroll_offset.y)
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        if self.show_vertical_scrollbar:
+            quiet_position(self.vertical_scrollbar, new_value)  # no redraw if the thumb stays
+        super().watch_scroll_y(old_value, new_value)
 
     def rows_changed(self) -> None:
         """Call after the row count or any row changed: resize and redraw."""
@@ -261,7 +255,10 @@ class LineTable(ScrollView, can_focus=True):
         else:  # the columns overflow (a terminal narrower than the fixed ones)
             strip = Strip(segments, used).crop(0, width).adjust_cell_length(full, base)
         if len(self._strips) >= STRIP_CACHE:
-            self._strips.clear()
+            # The older half goes (the dict keeps insertion order): lines
+            # drawn ahead for the next page must outlive the purge.
+            for old in list(islice(self._strips, STRIP_CACHE // 2)):
+                del self._strips[old]
         self._strips[key] = strip
         return strip
 
@@ -297,8 +294,8 @@ class LineTable(ScrollView, can_focus=True):
             or styles.tint.a
             or styles.text_opacity != 1.0
             or self.opacity != 1.0
-            or self._border_title is not None
-            or self._border_subtitle is not None
+            or self.border_title is not None
+            or self.border_subtitle is not None
             or (styles.has_rule("hatch") and styles.hatch != "none")
             or any(edge for edge, _ in styles.outline)
         ):
@@ -317,6 +314,26 @@ class LineTable(ScrollView, can_focus=True):
             x1, x2 = crop.column_span
             strips = [strip.crop(x1, x2) for strip in strips]
         return strips
+
+    def _draw_ahead(self, step: int) -> None:
+        """Make (and filter) the lines of the view one ``step`` on, with the
+        cursor where that step would put it, into the line cache: what a
+        frame then finds made costs it a dictionary look-up."""
+        count = self.row_count
+        cursor = max(0, min(self.cursor + step, count - 1))
+        top = max(0, min(self.first_visible + step, count - self.visible_rows))
+        if not count or cursor == self.cursor:
+            return
+        width, inner = self.content_region.width, self.scrollable_content_region.width
+        background = self.background_colors[1]
+        filters = self.get_line_filters()
+        for index in range(top, min(count, top + self.visible_rows)):
+            cells = self.row(index)
+            if cells is None:
+                return  # not loaded yet: that page will be drawn when it comes
+            strip = self._line(cells, "cursor" if index == cursor else "", inner, width)
+            for line_filter in filters:
+                strip = strip.apply_filter(line_filter, background)
 
     def on_focus(self) -> None:
         self.notify_style_update()  # :focus changes the cursor's look
@@ -340,6 +357,10 @@ class LineTable(ScrollView, can_focus=True):
             self.refresh_line(new + 1)
         else:
             self.refresh()
+            if abs(new - old) > 1:
+                # A page (or a jump): once this frame is out, draw the next
+                # page the same way, so another press finds its lines made.
+                self.call_after_refresh(self._draw_ahead, new - old)
         if self.row_count:
             self.post_message(self.Highlighted(self, new))
 
