@@ -19,6 +19,7 @@ from nodeagent.procs import FdWatcher, GroupReaper, kill_group, killed_text, wat
 from nodeagent.protocol import (
     OUTCOME_ERROR,
     OUTCOME_OK,
+    OUTCOME_TOO_BIG,
     SHELL_PROGRESS_PREFIX,
     TaskResult,
     TaskSpec,
@@ -282,7 +283,7 @@ def shell_result(
         value.discard()
         return result, None
     if value.over_limit:
-        return replace(result, outcome=OUTCOME_ERROR, error=over_limit_error(value.size, value.limit)), None
+        return replace(result, outcome=OUTCOME_TOO_BIG, error=over_limit_error(value.size, value.limit)), None
     try:
         part, size = value.finish()
     except OSError as exc:

@@ -46,6 +46,7 @@ from nodeagent.workerwire import (
     EV_READY,
     EV_SKIPPED,
     EV_STARTED,
+    EV_TOO_BIG,
     READ_BYTES,
     SHM_BYTES,
     SPOOL_VALUE_BYTES,
@@ -300,7 +301,7 @@ class _WorkerLoop:
         encoded = self._pack(value)  # what max_result measures
         del event
         if len(encoded) > max_result:
-            return self._pack((EV_ERROR, seq, over_limit_error(len(encoded), max_result), "", started, ended))
+            return self._pack((EV_TOO_BIG, seq, over_limit_error(len(encoded), max_result), "", started, ended))
         if len(encoded) <= SPOOL_VALUE_BYTES:
             return self._pack((EV_OK, seq, value, started, ended))
         # Too big for a result: the agent keeps it in a spool file and sends

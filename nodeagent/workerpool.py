@@ -32,6 +32,7 @@ from nodeagent.protocol import (
     OUTCOME_ERROR,
     OUTCOME_OK,
     OUTCOME_STOPPED,
+    OUTCOME_TOO_BIG,
     TaskResult,
     TaskSpec,
 )
@@ -57,6 +58,7 @@ from nodeagent.workerwire import (
     EV_READY,
     EV_SKIPPED,
     EV_STARTED,
+    EV_TOO_BIG,
     PICKLE,
 )
 
@@ -338,10 +340,11 @@ class WorkerPool:
             self._on_settled(done)
 
     def _ev_error(self, slot: Slot, event: list[Any], done: Done) -> None:
-        _, seq, error, tb, started, ended = event
+        kind, seq, error, tb, started, ended = event
         task = slot.inflight.pop(seq)
         self._task_seconds = 0.7 * self._task_seconds + 0.3 * (ended - started)
-        done.append((task, _python_result(task, OUTCOME_ERROR, None, error, tb, started, ended)))
+        outcome = OUTCOME_TOO_BIG if kind == EV_TOO_BIG else OUTCOME_ERROR
+        done.append((task, _python_result(task, outcome, None, error, tb, started, ended)))
 
     def _ev_ok_spooled(self, slot: Slot, event: list[Any], done: Done) -> None:
         _, seq, part, size, started, ended = event
@@ -402,6 +405,7 @@ class WorkerPool:
 
     _event_handlers: dict[int, Callable[[WorkerPool, Slot, list[Any], Done], None]] = {
         EV_ERROR: _ev_error,
+        EV_TOO_BIG: _ev_error,
         EV_OK_SPOOLED: _ev_ok_spooled,
         EV_SKIPPED: _ev_skipped,
         EV_STARTED: _ev_started,

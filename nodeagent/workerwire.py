@@ -6,11 +6,11 @@ msgpack over two os pipes, each message one msgpack array.
                       (CMD_CANCEL, seq)   (CMD_STOP,)
     worker -> agent   (EV_READY, pid)  (EV_OK, seq, value, started, ended)
                       (EV_OK_SPOOLED, seq, part file, size, started, ended)
-                      (EV_ERROR, seq, error, traceback, started, ended)
+                      (EV_ERROR, seq, error, traceback, started, ended)  (EV_TOO_BIG, the same)
                       (EV_SKIPPED, seq)  (EV_STARTED, seq, started)
                       (EV_PROGRESS, seq, fraction, message)  (EV_OUTPUT, seq, stream, data)
 
-A return value whose encoding is over ``max_result`` is an EV_ERROR; one too
+A return value whose encoding is over ``max_result`` is an EV_TOO_BIG; one too
 big to ride in a result (``SPOOL_VALUE_BYTES``) is written, encoded, to a
 part file in the agent's spool directory (the worker's fifth argument) and
 named by EV_OK_SPOOLED: the agent never decodes it, and it never crosses the
@@ -39,6 +39,7 @@ EV_STARTED = 4
 EV_PROGRESS = 5
 EV_OUTPUT = 6
 EV_OK_SPOOLED = 7
+EV_TOO_BIG = 8  # as EV_ERROR: the return value is over max_result
 
 # Kinds of a batch entry.
 CALL = 0  # target is "package.module:function"

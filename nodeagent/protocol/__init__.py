@@ -84,6 +84,9 @@ from nodeagent.protocol.messages import (
     OUTCOME_TIMEOUT as OUTCOME_TIMEOUT,
 )
 from nodeagent.protocol.messages import (
+    OUTCOME_TOO_BIG as OUTCOME_TOO_BIG,
+)
+from nodeagent.protocol.messages import (
     OUTCOMES as OUTCOMES,
 )
 from nodeagent.protocol.messages import (

@@ -43,6 +43,7 @@ class Outcome(StrEnum):
     CRASHED = "crashed"  # the worker process died (signal, os._exit, OOM)
     LOST = "lost"  # the agent died while the task was queued or ran
     STOPPED = "stopped"  # the agent was stopped (SIGTERM) before the attempt could end
+    TOO_BIG = "too_big"  # its value was over the job's max_result: final, a rerun makes the same
 
 
 class RejectCode(StrEnum):
@@ -65,6 +66,7 @@ OUTCOME_CANCELLED = Outcome.CANCELLED.value
 OUTCOME_CRASHED = Outcome.CRASHED.value
 OUTCOME_LOST = Outcome.LOST.value
 OUTCOME_STOPPED = Outcome.STOPPED.value
+OUTCOME_TOO_BIG = Outcome.TOO_BIG.value
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 # Error codes of the error frame.

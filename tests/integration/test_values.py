@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.protocol import KIND_CALL, OUTCOME_ERROR, OUTCOME_OK, Ack, TaskSpec
+from nodeagent.protocol import KIND_CALL, OUTCOME_ERROR, OUTCOME_OK, OUTCOME_TOO_BIG, Ack, TaskSpec
 from nodeagent.values import VALUES_DIR, size_text
 from tests.integration.conftest import shell
 
@@ -73,9 +73,10 @@ async def test_a_value_over_max_result_fails_with_its_size_and_nothing_is_kept(a
     ids = console.run(big, small, returned)
     results = await console.results(ids, timeout=60)
     assert (results[big.id].outcome, results[big.id].error) == (
-        OUTCOME_ERROR, "value is 20.1 MiB, over the job's max_result of 16 MiB")
+        OUTCOME_TOO_BIG, "value is 20.1 MiB, over the job's max_result of 16 MiB")
+    assert results[small.id].outcome == OUTCOME_TOO_BIG
     assert results[small.id].error == "value is 2.0 KiB, over the job's max_result of 1000 bytes"
-    assert results[returned.id].outcome == OUTCOME_ERROR
+    assert results[returned.id].outcome == OUTCOME_TOO_BIG
     assert results[returned.id].error.startswith("value is 3.0 MiB, over the job's max_result of 2 MiB")
     assert all(results[i].value is None for i in ids)
     assert spool_files(tmp_path / "agent") == []
@@ -163,17 +164,18 @@ def test_shoal_run_gives_the_exact_value_of_a_190_kb_and_a_20_mb_json_list(one_a
     assert [len(row["value"]) for row in values] == [30000, 2_170_000]
 
 
-def test_shoal_run_fails_a_task_whose_value_is_over_max_result_and_says_why(one_agent, tmp_path):
+def test_shoal_run_fails_a_task_whose_value_is_over_max_result_at_once_and_says_why(one_agent, tmp_path):
+    """Not retried, whatever ``retries`` says: a rerun makes the same value."""
     import json
 
-    job = write_job(tmp_path, RANGE_JOB.replace('"32MiB"', '"1MiB"').replace("2200000", "300000") + "retries = 0\n")
+    job = write_job(tmp_path, RANGE_JOB.replace('"32MiB"', '"1MiB"').replace("2200000", "300000") + "retries = 3\n")
     run = shoal("run", str(job), *node_flags(one_agent), "--json", env=env_of(one_agent))
     assert run.returncode == 1, run.stderr[-2000:]
     report = json.loads(run.stdout)
     assert report["counts"]["succeeded"] == 1 and report["counts"]["failed"] == 1
     rows = json.loads(shoal("results", str(report["job"]), "--json", env=env_of(one_agent)).stdout)["tasks"]
     failed = rows[1]
-    assert failed["status"] == "failed" and failed["value"] is None
+    assert failed["status"] == "failed" and failed["value"] is None and failed["attempts"] == 1
     printed = len(json.dumps(list(range(30000, 300000)))) + 1
     assert failed["error"] == f"value is {size_text(printed)}, over the job's max_result of 1 MiB"
     assert f"value is {size_text(printed)}, over the job's max_result of 1 MiB" in run.stderr
