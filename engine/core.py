@@ -384,7 +384,8 @@ class EngineCore(Recovery):
         task.node = attempt.node.id
         task.failures += 1
         error = result.error or result.outcome
-        if task.failures <= task.job.spec.retries:
+        # A value over max_result is not retried: a rerun makes the same value.
+        if task.failures <= task.job.spec.retries and result.outcome != Outcome.TOO_BIG:
             self._move(task, S.PENDING, Why(f"attempt {attempt.number} {result.outcome}; retrying", now, error, result=result))
         else:
             self._move(task, S.FAILED, Why(result.outcome, now, error, result=result))
