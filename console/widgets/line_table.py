@@ -30,9 +30,10 @@ from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
+from textual.scrollbar import ScrollBar
 from textual.strip import Strip
 
-from console.widgets.scrollbar import quiet_position
+from console.widgets.scrollbar import ThumbScrollBar
 
 Span = tuple[str, str]  # (text, tone)
 Cell = str | Span | tuple[Span, ...]  # plain text, toned text, or toned pieces (a progress bar)
@@ -115,17 +116,26 @@ class LineTable(ScrollView, can_focus=True):
     # --- geometry ------------------------------------------------------------------
 
     @property
+    def vertical_scrollbar(self) -> ScrollBar:
+        """Textual's own property, making a ``ThumbScrollBar`` instead (see
+        widgets/scrollbar.py). Textual 8 makes it the same way, and has no
+        public hook for the class of a widget's scrollbar (``ScrollBar.renderer``
+        swaps the renderable only, not the per-line pipeline the cache skips),
+        hence the two private names here."""
+        if self._vertical_scrollbar is None:
+            bar = ThumbScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
+            bar.display = False
+            self._vertical_scrollbar = bar
+            self.app._start_widget(self, bar)
+        return self._vertical_scrollbar
+
+    @property
     def visible_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
 
     @property
     def first_visible(self) -> int:
         return int(self.scroll_offset.y)
-
-    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
-        if self.show_vertical_scrollbar:
-            quiet_position(self.vertical_scrollbar, new_value)  # no redraw if the thumb stays
-        super().watch_scroll_y(old_value, new_value)
 
     def rows_changed(self) -> None:
         """Call after the row count or any row changed: resize and redraw."""

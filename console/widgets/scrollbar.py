@@ -1,38 +1,75 @@
-"""Keep a scrollbar from being redrawn when its thumb does not move.
+"""A vertical scrollbar that is redrawn only when its thumb moves on screen.
 
 Textual redraws a scrollbar whenever its position changes: on a 100,000-row
 table, every scroll by one row re-renders all its lines (about as much work
 as the table's own new line, and more than the rest of the frame), though
-the thumb moves by one eighth of a cell only every few hundred rows.
-``quiet_position`` gives the bar its new position without that redraw when
-the thumb's extent (in eighths of a cell, as Textual's ``ScrollBarRender``
-draws it) stays the same, through public API only: ``set_reactive`` sets
-the value without the reactive's repaint, and the widget's own
-``watch_scroll_y`` then finds the position already set and does nothing.
+the thumb moves by one eighth of a cell only every few hundred rows. It
+also refreshes it at every layout of its screen, so at every screen switch
+(``ScrollView._size_updated`` compares the table's virtual size with the
+region's, which differ whenever it scrolls): 4-6 ms of a switch. This
+one remembers its last lines and the thumb's extent (in eighths of a cell,
+as Textual's ``ScrollBarRender`` draws it) and hands them back while
+neither that nor its look changed.
 """
 
 from __future__ import annotations
 
 from math import ceil
 
-from textual.scrollbar import ScrollBar
+from textual.geometry import Region
+from textual.scrollbar import ScrollBar, ScrollBarRender
+from textual.strip import Strip
 
 
-def thumb(bar: ScrollBar, position: float) -> tuple[int, int]:
-    """The thumb's first and last eighth of a cell at ``position`` (the
-    sums of ScrollBarRender.render_bar)."""
-    size = bar.size.height if bar.vertical else bar.size.width
-    virtual = bar.window_virtual_size
-    window = bar.window_size if bar.window_size < virtual else 0
-    if not (window and size and virtual and size != virtual):
-        return (-1, -1)
-    extent = max(1, window / (virtual / size))
-    start = int((size - extent) * (position / (virtual - window)) * 8)
-    return (start, start + ceil(extent * 8))
+class ThumbScrollBar(ScrollBar):
+    def __init__(self, vertical: bool = True, name: str | None = None, *, thickness: int = 1) -> None:
+        super().__init__(vertical, name, thickness=thickness)
+        self._drawn: tuple[object, ...] | None = None
+        self._lines: list[Strip] = []
 
+    def _thumb(self) -> tuple[int, int]:
+        """The thumb's first and last eighth of a cell (ScrollBarRender's sums)."""
+        size = self.size.height
+        virtual = self.window_virtual_size
+        window = self.window_size if self.window_size < virtual else 0
+        if not (window and size and virtual and size != virtual):
+            return (-1, -1)
+        thumb = max(1, window / (virtual / size))
+        position = (size - thumb) * (self.position / (virtual - window))
+        start = int(position * 8)
+        return (start, start + ceil(thumb * 8))
 
-def quiet_position(bar: ScrollBar, position: float) -> None:
-    """Set ``bar``'s position without a redraw if its thumb stays put."""
-    position = int(position * 8) / 8  # ScrollBar.validate_position's grain
-    if position != bar.position and thumb(bar, position) == thumb(bar, bar.position):
-        bar.set_reactive(ScrollBar.position, position)
+    def _look(self) -> tuple[object, ...]:
+        parent = self.parent
+        styles = parent.styles if parent is not None else self.styles
+        return (
+            self.size,
+            self._thumb(),
+            self.grabbed is not None,
+            self.mouse_over,
+            styles.scrollbar_background,
+            styles.scrollbar_color,
+            styles.scrollbar_background_hover,
+            styles.scrollbar_color_hover,
+            styles.scrollbar_background_active,
+            styles.scrollbar_color_active,
+            self.screen.styles.scrollbar_color,
+            parent.background_colors if parent is not None else None,
+            self.app.get_line_filters(),
+        )
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        if not self.vertical or type(self).renderer is not ScrollBarRender:
+            return super().render_lines(crop)
+        full = Region(0, 0, *self.size)
+        look = self._look()
+        if look != self._drawn or crop != full:
+            lines = super().render_lines(crop)
+            if crop != full:
+                return lines
+            self._drawn, self._lines = look, lines
+        return self._lines
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._drawn = None
