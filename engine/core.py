@@ -47,6 +47,7 @@ from engine.inputs import (
 )
 from engine.invariants import validate_state
 from engine.model import (
+    RUNNING,
     TERMINAL,
     Attempt,
     Job,
@@ -128,10 +129,9 @@ class EngineCore(Recovery):
     def collect(self, now: float) -> Effects:
         """Place ready tasks, summarise progress, and hand over the effects."""
         self._schedule(now)
+        events = self.out.events
         for job in self._dirty_jobs:
-            self.out.events.append(
-                ev.JobProgress(job.id, job.spec.name, job.status.value, job.counts_by_label(), job.total)
-            )
+            events.append(ev.JobProgress(job.id, job.spec.name, job.status.value, job.counts_by_label(), job.total))
         self._dirty_jobs.clear()
         out, self.out = self.out, Effects()
         return out
@@ -215,6 +215,7 @@ class EngineCore(Recovery):
             node = self.nodes[e.node] = Node(id=e.node)
         hello = e.hello
         node.agent_id, node.hostname, node.slots = hello.id, hello.hostname, max(1, hello.slots)
+        node.size_prefetch(self.config.prefetch_seconds, self.config.max_prefetch)
         node.labels, node.drained, node.up, node.last_seen = dict(hello.labels), hello.drained, True, e.now
         node.kinds = frozenset(hello.capabilities)
         node.drain_ordered = None  # a new session: its hello says what it is
@@ -501,7 +502,8 @@ class EngineCore(Recovery):
             sample = node.completed_since_tick / dt if dt > 0 else 0.0
             node.rate = 0.5 * node.rate + 0.5 * sample
             node.completed_since_tick = 0
-            if node.in_flight_slots < node.capacity(cfg.prefetch_seconds, cfg.max_prefetch):
+            node.size_prefetch(cfg.prefetch_seconds, cfg.max_prefetch)
+            if node.in_flight_slots < node.capacity:
                 self.roomy[node.id] = node  # its prefetch may have grown
 
     def _speculate(self, now: float) -> None:
@@ -536,7 +538,7 @@ class EngineCore(Recovery):
                 if node is None:
                     continue
                 task = attempt.task
-                self._send(self._add_attempt(Attempt(task, node, task.issued + 1)))
+                self._send(node, [self._add_attempt(Attempt(task, node, task.issued + 1))])
                 self.out.audit.append(AuditEntry(now, "engine", "speculate", f"task {job.id}.{task.index}", node.id))
                 if node.in_flight_slots >= node.slots:
                     idle.remove(node)
@@ -553,39 +555,44 @@ class EngineCore(Recovery):
         becomes able to take work, and leaves once full or unable), so a
         flush after one node's results costs the same with 10 or 10,000
         nodes up."""
-        if not self.roomy:
+        roomy = self.roomy
+        if not roomy:
             return
         waiting = bool(self.awaiting)  # restored jobs wait for known nodes' hellos
-        demands = [
-            JobDemand(j.id, j.spec.priority, j.ready, j.spec.slots, j.spec.labels, j.excluded_nodes, j.spec.kind)
-            for j in self.open_jobs.values()
-            if j.ready and not (waiting and j.restored)
-        ]
+        demands: list[JobDemand] = []
+        for job in self.open_jobs.values():
+            ready = job.ready
+            if ready and not (waiting and job.restored):
+                demand = job.demand
+                demand.ready = ready
+                demands.append(demand)
         if not demands:
             return
-        cfg = self.config
-        roomy = self.roomy
-        rooms: dict[str, NodeRoom] = {}
+        rooms: list[NodeRoom] = []
         for node in list(roomy.values()):
-            capacity = node.capacity(cfg.prefetch_seconds, cfg.max_prefetch)
-            if node.in_flight_slots < capacity and self._accepts_work(node):
-                rooms[node.id] = NodeRoom(node.id, capacity, node.in_flight_slots, node.labels, node.kinds)
+            if node.in_flight_slots < node.capacity and self._accepts_work(node):
+                rooms.append(NodeRoom(node.id, node.capacity, node.in_flight_slots, node.labels, node.kinds))
             else:
                 del roomy[node.id]
         if not rooms:
             return
-        for placement in place(demands, list(rooms.values())):
-            job = self.jobs[placement.job_id]
-            node = self.nodes[placement.node_id]
-            why = Why("dispatched", now, node=node)
-            requeued = job.requeued
-            for _ in range(placement.count):
-                if requeued:
-                    task = requeued.popleft()
-                else:
-                    task = self._fresh_task(job, job.cursor) if job.restored else Task(job, job.cursor)
-                    job.cursor += 1
-                self._move(task, S.RUNNING, why)
-            if node.in_flight_slots >= rooms[node.id].capacity:
+        jobs, nodes = self.jobs, self.nodes
+        for placement in place(demands, rooms):
+            job = jobs[placement.job_id]
+            node = nodes[placement.node_id]
+            # All of them in one move: one table lookup and one counts update.
+            self._move_all(self._take_ready(job, placement.count), RUNNING, Why("dispatched", now, node=node))
+            if node.in_flight_slots >= node.capacity:
                 roomy.pop(node.id, None)
 
+    def _take_ready(self, job: Job, count: int) -> list[Task]:
+        """The next ``count`` ready tasks of ``job``: requeued ones first, then
+        never-dispatched indices in order (their objects are made here)."""
+        requeued = job.requeued
+        tasks = [requeued.popleft() for _ in range(min(count, len(requeued)))]
+        if len(tasks) < count:
+            start = job.cursor
+            job.cursor = start + count - len(tasks)
+            fresh = self._fresh_task if job.restored else Task
+            tasks.extend([fresh(job, index) for index in range(start, job.cursor)])
+        return tasks

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.model import TERMINAL, JobStatus, Task, TaskStatus, parse_attempt_id
+from engine.model import TERMINAL, JobStatus, Task, TaskStatus, node_capacity, parse_attempt_id
 from engine.transitions import TaskStates
 
 
@@ -28,8 +28,10 @@ def validate_state(core: TaskStates, prefetch_seconds: float, max_prefetch: int)
     assert listed == set(core.attempts), "live attempts not all listed on their node"
     # Placement looks only at ``roomy``: a node with room missing from it would starve.
     for node in core.nodes.values():
+        expected = node_capacity(node.slots, node.rate, prefetch_seconds, max_prefetch)
+        assert node.capacity == expected, f"{node.id}: capacity {node.capacity}, its slots and rate give {expected}"
         if node.up and not node.drained and not node.stopping:
-            if node.in_flight_slots < node.capacity(prefetch_seconds, max_prefetch):
+            if node.in_flight_slots < node.capacity:
                 assert node.id in core.roomy, f"{node.id} has room but placement would not look at it"
 
     # Each running task has one or more live attempts, all in its list, with

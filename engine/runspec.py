@@ -2,15 +2,21 @@
 
 Placing a task is mostly building its ``TaskSpec``, and every attempt of a
 job shares all of it but the attempt id, ``report_start`` and the item's
-fields (``args``, or ``argv`` / ``shell``). ``TaskSpec`` is a frozen, slotted
-dataclass: its ``__init__`` stores each of its fields through a guarded
-``object.__setattr__`` and makes fresh default lists, about 3 us a task, the
-largest part of placing one. So a job's constant fields are worked out once,
-from one spec built the ordinary way, and each attempt's spec is a new
-instance whose slots are filled directly with those values (the slot
-descriptors' ``__set__``: what ``__init__`` stores, without its checks).
-``tests/unit/test_scheduler.py`` checks that both give equal specs for every
-kind and option.
+fields (``args``, or ``argv`` / ``shell``). So a job's field values are
+worked out once, from one spec built the ordinary way, and each attempt gets
+a copy of that row with its own values put in.
+
+``TaskSpec`` is a frozen, slotted dataclass: its ``__init__`` stores each
+field through a guarded ``object.__setattr__`` (about 3 us a task), and
+even the slot descriptors' ``__set__`` (what this module used before) cost
+a call per field. So an attempt's spec is filled in as a
+``_Draft``, a plain slotted dataclass with ``TaskSpec``'s slots whose
+``__init__`` stores them directly, and then becomes a ``TaskSpec`` by
+assigning its ``__class__``: Python allows that only between classes of the
+same layout (same slots, same base), and checks it. The result is an
+ordinary ``TaskSpec``, frozen like any other. ``tests/unit/test_scheduler.py``
+checks that it equals the spec built field by field, for every kind and
+option.
 
 The constant values are shared by the job's specs (``kwargs``, ``env``: the
 same objects ``JobSpec.task_fields`` shares); nobody mutates a sent task.
@@ -18,39 +24,44 @@ same objects ``JobSpec.task_fields`` shares); nobody mutates a sent task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import make_dataclass
 from typing import Any
 
 from engine.spec import JobSpec
 from nodeagent.protocol import TaskSpec
 
-_Setter = Callable[[TaskSpec, Any], None]
-_SETTERS: dict[str, _Setter] = {name: getattr(TaskSpec, name).__set__ for name in TaskSpec.__slots__}
-_set_id = _SETTERS["id"]
-_set_report_start = _SETTERS["report_start"]
-_new = object.__new__
+_FIELDS: tuple[str, ...] = TaskSpec.__slots__
+_Draft = make_dataclass("_Draft", _FIELDS, slots=True)
+_POSITION = {name: position for position, name in enumerate(_FIELDS)}
+_ID, _REPORT_START, _ARGS = _POSITION["id"], _POSITION["report_start"], _POSITION["args"]
 
 
 class RunSpecs:
     """Makes the ``TaskSpec`` of any attempt of one job."""
 
-    __slots__ = ("_item_fields", "_constant")
+    __slots__ = ("_values", "_item_fields", "_items", "_extra_args")
 
     def __init__(self, spec: JobSpec) -> None:
+        example = TaskSpec("", spec.kind, **spec.task_fields(0)) if spec.task_count() else TaskSpec("", spec.kind)
+        self._values = [getattr(example, name) for name in _FIELDS]
         self._item_fields = spec.item_fields
-        varying = {"id", "report_start"}
-        example = TaskSpec("", spec.kind)
-        if spec.task_count():
-            varying.update(spec.item_fields(0))
-            example = TaskSpec("", spec.kind, **spec.task_fields(0))
-        self._constant = tuple((setter, getattr(example, name)) for name, setter in _SETTERS.items() if name not in varying)
+        # A call or pickle task's only item field is ``args``: its item, then
+        # the job's args (``JobSpec.item_fields``). Made here without the
+        # dict that ``item_fields`` returns; shell tasks go through it.
+        self._items: Any = None
+        self._extra_args: tuple[Any, ...] = ()
+        if spec.task_count() and spec.item_fields(0).keys() == {"args"}:
+            self._items, self._extra_args = spec.items, spec.args
 
     def make(self, attempt_id: str, index: int, report_start: bool) -> TaskSpec:
-        run: TaskSpec = _new(TaskSpec)
-        for setter, value in self._constant:
-            setter(run, value)
-        _set_id(run, attempt_id)
-        _set_report_start(run, report_start)
-        for name, value in self._item_fields(index).items():
-            _SETTERS[name](run, value)
-        return run
+        values = self._values.copy()
+        values[_ID] = attempt_id
+        values[_REPORT_START] = report_start
+        if self._items is not None:
+            values[_ARGS] = [self._items[index], *self._extra_args]
+        else:
+            for name, value in self._item_fields(index).items():
+                values[_POSITION[name]] = value
+        run = _Draft(*values)
+        run.__class__ = TaskSpec  # same slots: see the module's docstring
+        return run  # type: ignore[no-any-return]

@@ -53,38 +53,40 @@ def labels_match(required: dict[str, str], offered: dict[str, str]) -> bool:
     return all(offered.get(key) == value for key, value in required.items())
 
 
+def _by_priority(job: JobDemand) -> int:
+    return -job.priority
+
+
 def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
     """Counts of tasks per (job, node). Jobs are taken in priority order
-    (higher first; ties keep the given order, which is submit order)."""
+    (higher first; ties keep the given order, which is submit order).
+
+    Called on every flush, most often with one job and one node (the node
+    whose results just came in): the common case does no more than it must."""
     in_flight = {node.node_id: node.in_flight for node in nodes}
     placements: list[Placement] = []
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].priority) if len(jobs) > 1 else range(len(jobs))  # stable
-    for i in order:
-        job = jobs[i]
-        need = job.slots_per_task
+    for job in sorted(jobs, key=_by_priority) if len(jobs) > 1 else jobs:  # sorted() is stable
+        need, excluded, labels, kind = job.slots_per_task, job.excluded, job.labels, job.kind
         eligible = [
             node
             for node in nodes
-            if node.node_id not in job.excluded
-            and node.capacity - in_flight[node.node_id] >= need
-            and (not job.labels or labels_match(job.labels, node.labels))
-            and (not node.kinds or not job.kind or job.kind in node.kinds)
+            if node.capacity - in_flight[node.node_id] >= need
+            and node.node_id not in excluded
+            and (not labels or labels_match(labels, node.labels))
+            and (not node.kinds or not kind or kind in node.kinds)
         ]
         if not eligible:
             continue
         if len(eligible) == 1:
-            # The common flush: one node's results came in, so one node has
-            # room. What the heap below would give it, without the heap.
-            (node,) = eligible
-            count = min(job.ready, (node.capacity - in_flight[node.node_id]) // need)
+            # One node has room: what the heap below would give it, without the heap.
+            node_id = eligible[0].node_id
+            count = min(job.ready, (eligible[0].capacity - in_flight[node_id]) // need)
             if count:
-                in_flight[node.node_id] += count * need
-                placements.append(Placement(job.job_id, node.node_id, count))
+                in_flight[node_id] += count * need
+                placements.append(Placement(job.job_id, node_id, count))
             continue
         # Heap of (fill ratio after one more task, tiebreak, node).
-        heap = [
-            ((in_flight[n.node_id] + need) / n.capacity, k, n) for k, n in enumerate(eligible)
-        ]
+        heap = [((in_flight[n.node_id] + need) / n.capacity, k, n) for k, n in enumerate(eligible)]
         heapq.heapify(heap)
         given: dict[str, int] = {}
         remaining = job.ready

@@ -5,26 +5,42 @@ place attempts come and go.
 in the end (``engine.core.EngineCore`` builds on it and says what each input
 means):
 
-* A task's status changes only in ``_move``, through the transition table
-  ``{(from, to): handler}``; the handler owns every side effect of that move
-  (rows, queues, cancelling the task's other attempts). Anything not in the
-  table raises ``IllegalTransition``.
-* An attempt is an object (``engine.model.Attempt``). Adding or dropping one,
-  in ``_add_attempt`` and ``_drop``, is the only place the live-attempt map,
-  the task's attempt list, the node's attempt set and its in-flight slot
-  count change. A task with a speculative copy simply has two.
+* A task's status changes only in ``_move_all``, through the transition
+  table ``{(from, to): handler}``; the handler owns every side effect of that
+  move (rows, queues, cancelling the task's other attempts). Anything not in
+  the table raises ``IllegalTransition``. A move is of one or more tasks of
+  one job, all in the same status: a dispatch moves every task a flush gives
+  one node in one go (one table lookup, one counts update), the other moves
+  are of one task (``_move``).
+* An attempt is an object (``engine.model.Attempt``). Adding or dropping
+  attempts, in ``_add_attempts`` and ``_drop``, is the only place the
+  live-attempt map, the task's attempt list, the node's attempt set and its
+  in-flight slot count change. A task with a speculative copy simply has two.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine import events as ev
 from engine.inputs import Effects, TaskRow
-from engine.model import TERMINAL, Attempt, IllegalTransition, Job, JobStatus, Node, Task, TaskStatus, attempt_id
+from engine.model import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    TERMINAL,
+    Attempt,
+    IllegalTransition,
+    Job,
+    JobStatus,
+    Node,
+    Task,
+    TaskStatus,
+    attempt_id,
+)
 from nodeagent.protocol import TaskResult
 
 # Jobs this small report every task transition as an event; bigger ones are
@@ -32,8 +48,13 @@ from nodeagent.protocol import TaskResult
 TASK_EVENTS_UP_TO = 10_000
 
 S = TaskStatus
+JOB_RUNNING = JobStatus.RUNNING  # read on every move (see engine.model's status constants)
 # Moves every task of a big job makes: summarised by JobProgress, not evented.
 ROUTINE = frozenset({S.RUNNING, S.SUCCEEDED})
+
+# What a handler of the transition table is given: the tasks moved (one job,
+# all came from the same status), and why.
+Handler = Callable[[Sequence["Task"], "Why"], None]
 
 
 @dataclass(slots=True)
@@ -67,7 +88,7 @@ class TaskStates:
         # The one table of legal moves. Leaving a queue (requeued, backoff) is
         # the caller's part, as callers take tasks out in bulk; everything
         # else a move implies is its handler's.
-        self._transitions: dict[tuple[TaskStatus, TaskStatus], Callable[[Task, Why], None]] = {
+        self._transitions: dict[tuple[TaskStatus, TaskStatus], Handler] = {
             (S.QUEUED, S.RUNNING): self._t_start,
             (S.RUNNING, S.SUCCEEDED): self._t_succeed,
             (S.RUNNING, S.FAILED): self._t_fail,
@@ -85,65 +106,83 @@ class TaskStates:
     # --- the one place a task's status changes ------------------------------------
 
     def _move(self, task: Task, to: TaskStatus, why: Why) -> None:
-        frm = task.status
+        self._move_all((task,), to, why)
+
+    def _move_all(self, tasks: Sequence[Task], to: TaskStatus, why: Why) -> None:
+        """Move ``tasks`` (one or more, of one job, all in one status) to ``to``."""
+        first = tasks[0]
+        frm, job = first.status, first.job
         handler = self._transitions.get((frm, to))
         if handler is None:
-            raise IllegalTransition(f"task {task.job.id}.{task.index}: {frm.label} -> {to.label} ({why.cause})")
-        task.status = to
-        job = task.job
-        job.counts[frm] -= 1
-        job.counts[to] += 1
+            raise IllegalTransition(f"task {job.id}.{first.index}: {frm.label} -> {to.label} ({why.cause})")
+        for task in tasks:
+            if task.status is not frm or task.job is not job:  # a mixed batch, or one task twice
+                raise IllegalTransition(f"task {task.job.id}.{task.index}: {task.status.label} -> {to.label} "
+                                        f"in a move of job {job.id}'s {frm.label} tasks ({why.cause})")
+            task.status = to
+        counts = job.counts
+        counts[frm] -= len(tasks)
+        counts[to] += len(tasks)
         self._dirty_jobs.add(job)
-        handler(task, why)
+        handler(tasks, why)
         if job.total <= TASK_EVENTS_UP_TO or to not in ROUTINE:
-            self.out.events.append(
-                ev.TaskChanged(job.id, task.index, to.label, task.node, task.issued, why.cause, why.error)
-            )
-        if to in TERMINAL and job.status is JobStatus.RUNNING:
-            counts = job.counts
-            if counts[S.SUCCEEDED] + counts[S.FAILED] + counts[S.CANCELLED] == job.total:
+            label, events = to.label, self.out.events
+            for task in tasks:
+                events.append(ev.TaskChanged(job.id, task.index, label, task.node, task.issued, why.cause, why.error))
+        if to in TERMINAL and job.status is JOB_RUNNING:
+            if counts[SUCCEEDED] + counts[FAILED] + counts[CANCELLED] == job.total:
                 self._finish_job(job, why.now)
 
-    def _t_start(self, task: Task, why: Why) -> None:
+    def _t_start(self, tasks: Sequence[Task], why: Why) -> None:
         if why.adopted is not None:
-            self._add_attempt(why.adopted)
+            self._add_attempts([why.adopted])
             return
-        assert why.node is not None
-        self._send(self._add_attempt(Attempt(task, why.node, task.issued + 1)))
+        node = why.node
+        assert node is not None
+        attempts = [Attempt(task, node, task.issued + 1) for task in tasks]
+        self._add_attempts(attempts)
+        self._send(node, attempts)
 
-    def _t_succeed(self, task: Task, why: Why) -> None:
-        if task.live:  # the other copy lost the race
+    def _t_succeed(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            if task.live:  # the other copy lost the race
+                self._cancel_live(task)
+            self._row(task, why.result, why.value)
+
+    def _t_fail(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
             self._cancel_live(task)
-        self._row(task, why.result, why.value)
+            self._row(task, why.result, why.value, why.error)
 
-    def _t_fail(self, task: Task, why: Why) -> None:
-        self._cancel_live(task)
-        self._row(task, why.result, why.value, why.error)
+    def _t_cancel(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            self._cancel_live(task)
+            self._row(task, why.result, error=why.error)
 
-    def _t_cancel(self, task: Task, why: Why) -> None:
-        self._cancel_live(task)
-        self._row(task, why.result, error=why.error)
+    def _t_retry_later(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            self._cancel_live(task)
+            spec = task.job.spec
+            delay = min(spec.backoff_cap, spec.backoff_base * 2 ** (task.failures - 1))
+            task.ready_at = why.now + delay * (0.5 + 0.5 * self.rng.random())  # equal jitter
+            self._row(task, why.result)
+            self.backoff.append(task)
 
-    def _t_retry_later(self, task: Task, why: Why) -> None:
-        self._cancel_live(task)
-        spec = task.job.spec
-        delay = min(spec.backoff_cap, spec.backoff_base * 2 ** (task.failures - 1))
-        task.ready_at = why.now + delay * (0.5 + 0.5 * self.rng.random())  # equal jitter
-        self._row(task, why.result)
-        self.backoff.append(task)
+    def _t_requeue(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            self._cancel_live(task)
+            self._row(task)
+            task.job.requeued.appendleft(task)  # it waited already: first in line
 
-    def _t_requeue(self, task: Task, why: Why) -> None:
-        self._cancel_live(task)
-        self._row(task)
-        task.job.requeued.appendleft(task)  # it waited already: first in line
+    def _t_ready(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            task.job.requeued.append(task)
 
-    def _t_ready(self, task: Task, why: Why) -> None:
-        task.job.requeued.append(task)
-
-    def _t_resubmit(self, task: Task, why: Why) -> None:
-        # Stored at once, so a second resubmit does not find it failed again.
-        self._row(task)
-        task.job.requeued.append(task)
+    def _t_resubmit(self, tasks: Sequence[Task], why: Why) -> None:
+        for task in tasks:
+            # Stored at once, so a second resubmit does not find it failed again.
+            self._row(task)
+            task.job.requeued.append(task)
 
     def _row(self, task: Task, result: TaskResult | None = None, value: Any = None, error: str = "") -> None:
         # Writing ``issued`` makes every attempt number so far durable: after
@@ -178,15 +217,23 @@ class TaskStates:
     # --- the one place attempts come and go ---------------------------------------
 
     def _add_attempt(self, attempt: Attempt) -> Attempt:
-        task, node = attempt.task, attempt.node
-        if attempt.number > task.issued:
-            task.issued = attempt.number
-        task.live.append(attempt)
-        task.node = node.id
-        self.attempts[attempt.id] = attempt
-        node.running[attempt.id] = attempt
-        node.in_flight_slots += task.job.spec.slots
+        self._add_attempts([attempt])
         return attempt
+
+    def _add_attempts(self, attempts: list[Attempt]) -> None:
+        """Make ``attempts`` live: all of one job, on one node (a dispatch's
+        batch, or a single adopted or speculative attempt)."""
+        node = attempts[0].node
+        node_id, live, here = node.id, self.attempts, node.running
+        for attempt in attempts:
+            task, aid = attempt.task, attempt.id
+            if attempt.number > task.issued:
+                task.issued = attempt.number
+            task.live.append(attempt)
+            task.node = node_id
+            live[aid] = attempt
+            here[aid] = attempt
+        node.in_flight_slots += len(attempts) * attempts[0].task.job.spec.slots
 
     def _drop(self, attempt: Attempt) -> None:
         task, node = attempt.task, attempt.node
@@ -204,12 +251,13 @@ class TaskStates:
             self._drop(attempt)
             self.out.cancels.setdefault(attempt.node.id, []).append(attempt.id)
 
-    def _send(self, attempt: Attempt) -> None:
-        task, node = attempt.task, attempt.node
+    def _send(self, node: Node, attempts: list[Attempt]) -> None:
+        """Queue the ``run`` messages of ``attempts`` (all of one job) for ``node``."""
+        make = attempts[0].task.job.runs.make
         runs = self.out.runs.get(node.id)
         if runs is None:
             runs = self.out.runs[node.id] = []
-        runs.append(task.job.runs.make(attempt.id, task.index, task.node_failures > 0))
+        runs.extend([make(a.id, a.task.index, a.task.node_failures > 0) for a in attempts])
 
     def _finish_job(self, job: Job, now: float) -> None:
         job.status = job.final_status()
