@@ -14,6 +14,7 @@ events that arrived (``Subscription.take_ready``), folds them into the
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import time
@@ -113,11 +114,22 @@ class ShoalApp(App[None]):
         for spec in self.to_submit:
             self.submit(spec)
         self.to_submit = []
+        self.call_after_refresh(self._freeze_startup_objects)
+
+    def _freeze_startup_objects(self) -> None:
+        # Textual, its stylesheet and the first screen are some 80,000
+        # long-lived objects: each full collection walked them all (about
+        # 80 ms, a frozen frame a few times a minute, at any keypress).
+        # Frozen, the collector skips them; garbage made later is collected
+        # as before. Once, after the first frame, so startup is not slowed.
+        gc.collect()
+        gc.freeze()
 
     def submit(self, spec: JobSpec) -> None:
         self.act(lambda: self.api.submit(spec, actor=ACTOR), lambda job_id: f"submitted job {job_id} ({spec.name})")
 
     def on_unmount(self) -> None:
+        gc.unfreeze()  # what this app froze can be collected again (tests start many apps)
         if self.subscription is not None:
             self.subscription.close()
 
