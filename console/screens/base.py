@@ -87,11 +87,11 @@ class ShoalScreen(Screen[None]):
         # back to the same theme, focus and size has the styles it left with
         # (a CSS change or a new theme also bumps Textual's own count, which
         # makes switch_mode refresh the CSS anyway), so it resumes without.
+        # A screen pushed anew gets its styles when it mounts, after this.
         if (
             isinstance(message, events.ScreenResume)
             and message.refresh_styles
-            and self._suspended_look is not None
-            and self._suspended_look == self._look()
+            and (not self.is_mounted or self._suspended_look == self._look())
         ):
             message = events.ScreenResume(refresh_styles=False)
         return super().post_message(message)

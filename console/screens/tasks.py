@@ -4,11 +4,14 @@ failed tasks with the highlighted one's error and stderr below."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shlex
 import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -21,6 +24,7 @@ from console.widgets.line_table import LineTable
 from console.widgets.task_table import TaskTable
 from engine.views import TASK_ORDERS, TaskDetail, TaskInfo
 
+FIRST_PAGE_WAIT = 0.05  # seconds a new task view waits for its first page before it draws
 REFRESH_EVERY = 0.5  # seconds between refetches of a running job's visible rows
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
 
@@ -91,6 +95,7 @@ class TasksScreen(ShoalScreen):
         self._refreshed = 0.0
         self._moved = False  # the job moved since its rows were last refetched
         self._caption_text = ""
+        self._first_page = asyncio.Event()
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="tasks-caption")
@@ -104,7 +109,20 @@ class TasksScreen(ShoalScreen):
         super().on_mount()
         self._caption()
         self.table.focus()
-        self.table.request(0)
+        # Asked here, not by the table's WindowNeeded: that message would
+        # wait behind the resume handler below, which waits for this page.
+        self.pages.want((0, self.table.window_size))
+
+    @on(events.ScreenResume)
+    async def _first_frame_with_rows(self) -> None:
+        # Runs before Textual's own resume handler, which lays the screen out
+        # and draws it: the first frame waits (a little) for the first page,
+        # asked for at the mount. One full frame with the rows instead of one
+        # of placeholders and a second, laid out again, with them. A slow
+        # engine gets the placeholders.
+        if not self._first_page.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_page.wait(), FIRST_PAGE_WAIT)
 
     def _caption(self) -> None:
         job = self.shoal.feed.job(self.job_id)
@@ -133,6 +151,7 @@ class TasksScreen(ShoalScreen):
             self.table.set_page(page)
             self._caption()
             self.page_shown(page.rows)
+            self._first_page.set()
 
     def page_shown(self, rows: list[TaskInfo]) -> None:
         """A page arrived (the failures screen shows the highlighted task)."""
