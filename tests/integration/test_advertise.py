@@ -11,7 +11,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from nodeagent.advertise import addresses_to_advertise, service_name
 from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 
-pytestmark = pytest.mark.timeout(30)
+# Advertises and browses mDNS: one at a time with the other such tests (pyproject).
+pytestmark = [pytest.mark.timeout(30), pytest.mark.xdist_group("mdns")]
 
 LOOPBACK = "127.0.0.1"
 

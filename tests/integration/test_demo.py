@@ -10,6 +10,9 @@ import pytest
 
 from demos.cluster import REPO
 
+# The demo advertises and browses mDNS: one at a time with the other such tests (pyproject).
+pytestmark = pytest.mark.xdist_group("mdns")
+
 
 @pytest.mark.timeout(120)
 def test_demo_cluster_runs_example_jobs_with_chaos():

@@ -25,7 +25,8 @@ from engine.discovery import (
 )
 from nodeagent.protocol import MDNS_SERVICE_TYPE, PROTOCOL_VERSION
 
-pytestmark = pytest.mark.timeout(30)
+# Advertises and browses mDNS: one at a time with the other such tests (pyproject).
+pytestmark = [pytest.mark.timeout(30), pytest.mark.xdist_group("mdns")]
 
 LOOPBACK = "127.0.0.1"
 WAIT = 10.0

@@ -77,6 +77,7 @@ async def test_changed_host_key_is_refused_and_raised_as_an_alert(one_agent):
         await engine.close()
 
 
+@pytest.mark.xdist_group("mdns")
 async def test_agents_are_discovered_over_mdns_on_loopback(tmp_path):
     with LocalCluster(tmp_path, [1, 1], advertise=True) as cluster:
         engine = await Engine.open(cluster.state_dir, cluster.config_dir, mdns_interfaces=["127.0.0.1"], trust_new=True)

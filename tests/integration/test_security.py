@@ -559,6 +559,7 @@ async def _until(condition: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.xdist_group("mdns")
 async def test_mdns_found_nodes_are_hints_never_pinned_or_remembered(tmp_path):
     from demos.cluster import LocalCluster
     from engine.api import Engine
@@ -585,6 +586,7 @@ async def test_mdns_found_nodes_are_hints_never_pinned_or_remembered(tmp_path):
             await engine.close()
 
 
+@pytest.mark.xdist_group("mdns")
 async def test_an_mdns_node_the_operator_trusts_becomes_a_known_node(tmp_path):
     from demos.cluster import LocalCluster
     from engine.api import Engine

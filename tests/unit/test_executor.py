@@ -31,6 +31,7 @@ from nodeagent.protocol import (
     OUTCOME_OK,
     OUTCOME_STOPPED,
     OUTCOME_TIMEOUT,
+    OUTCOME_TOO_BIG,
     RejectCode,
     TaskResult,
     TaskSpec,
@@ -260,7 +261,7 @@ async def test_shell_timeout_kills_the_whole_process_group(make: Any) -> None:
     result = await rec.result("t")
     assert result.outcome == OUTCOME_TIMEOUT and result.error == "timed out after 1 s"
     assert result.ended - result.started >= 1.0
-    assert time.monotonic() - began < 1.5
+    assert time.monotonic() - began < 10  # killed at its timeout, not after the sleeps' 100 s (a loose bound: a loaded machine)
     await until_gone(sleepers, timeout=2)
 
 
@@ -643,7 +644,7 @@ async def test_a_shell_value_is_its_whole_stdout_past_the_tail_without_its_progr
     spool = executor.value_path(OWNER, "big")
     assert big.value_size == spool.stat().st_size and msgpack.unpackb(spool.read_bytes()) == body.encode()
     assert (over.outcome, over.error, over.value_size) == (
-        OUTCOME_ERROR, f"value is {len(body) / 1024:.1f} KiB, over the job's max_result of 3,000 bytes", 0)
+        OUTCOME_TOO_BIG, f"value is {len(body) / 1024:.1f} KiB, over the job's max_result of 3,000 bytes", 0)
     assert failed.outcome == OUTCOME_ERROR and failed.exit_code == 4 and failed.value_size == 0
     assert sorted(os.listdir(spool.parent)) == [spool.name]  # nothing kept of the others
     executor.ack(OWNER, ["big"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -207,15 +206,15 @@ def test_a_million_task_range_spec_stays_small():
     assert spec.task_fields(999_999)["argv"] == ["echo", "999999"]
 
 
-def test_task_fields_is_fast():
+def test_task_fields_of_any_index_are_its_item_substituted():
+    # Speed is the benchmarks' business (no timed assertion here); this is
+    # the exact answer at every index the engine may ask for, in any order.
     shell = parse_job_text('shell = "convert {item} out/{stem}.png"\nitems = [' + ", ".join(f'"img{i}.jpg"' for i in range(100)) + "]\n")
     argv = parse_job_text('command = ["python3", "-c", "print({item} ** 2)"]\nitems = { range = [0, 100000] }\n')
-    start = time.perf_counter()
-    for index in range(100_000):
-        argv.task_fields(index)
-    for index in range(20_000):
-        shell.task_fields(index % 100)
-    assert time.perf_counter() - start < 1.0
+    for index in (99_999, 0, 41_234, 1):
+        assert argv.task_fields(index)["argv"] == ["python3", "-c", f"print({index} ** 2)"]
+    for index in (57, 0, 99):
+        assert shell.task_fields(index)["shell"] == f"convert img{index}.jpg out/img{index}.png"
 
 
 def test_to_dict_round_trips_through_json_and_msgpack():
