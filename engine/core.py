@@ -587,12 +587,15 @@ class EngineCore(Recovery):
 
     def _take_ready(self, job: Job, count: int) -> list[Task]:
         """The next ``count`` ready tasks of ``job``: requeued ones first, then
-        never-dispatched indices in order (their objects are made here)."""
+        never-dispatched indices in order (their objects are made here).
+        Plain loops: see ``engine.scheduler.place``."""
         requeued = job.requeued
-        tasks = [requeued.popleft() for _ in range(min(count, len(requeued)))]
-        if len(tasks) < count:
-            start = job.cursor
-            job.cursor = start + count - len(tasks)
-            fresh = self._fresh_task if job.restored else Task
-            tasks.extend([fresh(job, index) for index in range(start, job.cursor)])
+        tasks: list[Task] = []
+        while requeued and len(tasks) < count:
+            tasks.append(requeued.popleft())
+        start = job.cursor
+        job.cursor = end = start + count - len(tasks)
+        fresh = self._fresh_task if job.restored else Task
+        for index in range(start, end):
+            tasks.append(fresh(job, index))
         return tasks

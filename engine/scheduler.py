@@ -62,28 +62,43 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
     (higher first; ties keep the given order, which is submit order).
 
     Called on every flush, most often with one job and one node (the node
-    whose results just came in): the common case does no more than it must."""
-    in_flight = {node.node_id: node.in_flight for node in nodes}
+    whose results just came in), so the common case does no more than it
+    must: plain loops rather than comprehensions, which on Python 3.11 make
+    and call a function each time (about as long as placing a task)."""
+    in_flight: dict[str, int] = {}
+    for node in nodes:
+        in_flight[node.node_id] = node.in_flight
     placements: list[Placement] = []
     for job in sorted(jobs, key=_by_priority) if len(jobs) > 1 else jobs:  # sorted() is stable
         need, excluded, labels, kind = job.slots_per_task, job.excluded, job.labels, job.kind
-        eligible = [
-            node
-            for node in nodes
-            if node.capacity - in_flight[node.node_id] >= need
-            and node.node_id not in excluded
-            and (not labels or labels_match(labels, node.labels))
-            and (not node.kinds or not kind or kind in node.kinds)
-        ]
+        eligible: list[NodeRoom] = []
+        fits: list[int] = []  # tasks of this job each eligible node has room for
+        room = 0
+        for node in nodes:
+            free = node.capacity - in_flight[node.node_id]
+            if (
+                free >= need
+                and node.node_id not in excluded
+                and (not labels or labels_match(labels, node.labels))
+                and (not node.kinds or not kind or kind in node.kinds)
+            ):
+                eligible.append(node)
+                fits.append(free // need)
+                room += free // need
         if not eligible:
             continue
-        if len(eligible) == 1:
-            # One node has room: what the heap below would give it, without the heap.
-            node_id = eligible[0].node_id
-            count = min(job.ready, (eligible[0].capacity - in_flight[node_id]) // need)
-            if count:
-                in_flight[node_id] += count * need
-                placements.append(Placement(job.job_id, node_id, count))
+        if len(eligible) == 1 or job.ready >= room:
+            # One node has room (the common flush: one node's results came
+            # in), or there are tasks enough to fill every node (a deep
+            # queue): what the heap below would give each, without the heap.
+            left = job.ready
+            for node, fit in zip(eligible, fits, strict=True):
+                if not left:
+                    break
+                count = fit if fit < left else left
+                in_flight[node.node_id] += count * need
+                placements.append(Placement(job.job_id, node.node_id, count))
+                left -= count
             continue
         # Heap of (fill ratio after one more task, tiebreak, node).
         heap = [((in_flight[n.node_id] + need) / n.capacity, k, n) for k, n in enumerate(eligible)]

@@ -139,7 +139,9 @@ class TaskStates:
             return
         node = why.node
         assert node is not None
-        attempts = [Attempt(task, node, task.issued + 1) for task in tasks]
+        attempts: list[Attempt] = []
+        for task in tasks:
+            attempts.append(Attempt(task, node, task.issued + 1))
         self._add_attempts(attempts)
         self._send(node, attempts)
 
@@ -257,7 +259,9 @@ class TaskStates:
         runs = self.out.runs.get(node.id)
         if runs is None:
             runs = self.out.runs[node.id] = []
-        runs.extend([make(a.id, a.task.index, a.task.node_failures > 0) for a in attempts])
+        for attempt in attempts:
+            task = attempt.task
+            runs.append(make(attempt.id, task.index, task.node_failures > 0))
 
     def _finish_job(self, job: Job, now: float) -> None:
         job.status = job.final_status()
