@@ -538,7 +538,7 @@ class EngineCore(Recovery):
                 if node is None:
                     continue
                 task = attempt.task
-                self._send(node, [self._add_attempt(Attempt(task, node, task.issued + 1))])
+                self._send(job, node, [self._add_attempt(Attempt(task, node, task.issued + 1))])
                 self.out.audit.append(AuditEntry(now, "engine", "speculate", f"task {job.id}.{task.index}", node.id))
                 if node.in_flight_slots >= node.slots:
                     idle.remove(node)

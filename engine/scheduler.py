@@ -72,8 +72,7 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
     for job in sorted(jobs, key=_by_priority) if len(jobs) > 1 else jobs:  # sorted() is stable
         need, excluded, labels, kind = job.slots_per_task, job.excluded, job.labels, job.kind
         eligible: list[NodeRoom] = []
-        fits: list[int] = []  # tasks of this job each eligible node has room for
-        room = 0
+        room = 0  # tasks of this job the eligible nodes have room for
         for node in nodes:
             free = node.capacity - in_flight[node.node_id]
             if (
@@ -83,7 +82,6 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
                 and (not node.kinds or not kind or kind in node.kinds)
             ):
                 eligible.append(node)
-                fits.append(free // need)
                 room += free // need
         if not eligible:
             continue
@@ -92,13 +90,14 @@ def place(jobs: list[JobDemand], nodes: list[NodeRoom]) -> list[Placement]:
             # in), or there are tasks enough to fill every node (a deep
             # queue): what the heap below would give each, without the heap.
             left = job.ready
-            for node, fit in zip(eligible, fits, strict=True):
-                if not left:
-                    break
-                count = fit if fit < left else left
-                in_flight[node.node_id] += count * need
-                placements.append(Placement(job.job_id, node.node_id, count))
-                left -= count
+            for node in eligible:
+                count = (node.capacity - in_flight[node.node_id]) // need
+                if count > left:
+                    count = left
+                if count:
+                    in_flight[node.node_id] += count * need
+                    placements.append(Placement(job.job_id, node.node_id, count))
+                    left -= count
             continue
         # Heap of (fill ratio after one more task, tiebreak, node).
         heap = [((in_flight[n.node_id] + need) / n.capacity, k, n) for k, n in enumerate(eligible)]

@@ -135,15 +135,16 @@ class TaskStates:
 
     def _t_start(self, tasks: Sequence[Task], why: Why) -> None:
         if why.adopted is not None:
-            self._add_attempts([why.adopted])
+            self._add_attempt(why.adopted)
             return
         node = why.node
         assert node is not None
         attempts: list[Attempt] = []
         for task in tasks:
             attempts.append(Attempt(task, node, task.issued + 1))
-        self._add_attempts(attempts)
-        self._send(node, attempts)
+        job = tasks[0].job
+        self._add_attempts(job, node, attempts)
+        self._send(job, node, attempts)
 
     def _t_succeed(self, tasks: Sequence[Task], why: Why) -> None:
         for task in tasks:
@@ -219,13 +220,12 @@ class TaskStates:
     # --- the one place attempts come and go ---------------------------------------
 
     def _add_attempt(self, attempt: Attempt) -> Attempt:
-        self._add_attempts([attempt])
+        self._add_attempts(attempt.task.job, attempt.node, [attempt])
         return attempt
 
-    def _add_attempts(self, attempts: list[Attempt]) -> None:
-        """Make ``attempts`` live: all of one job, on one node (a dispatch's
+    def _add_attempts(self, job: Job, node: Node, attempts: list[Attempt]) -> None:
+        """Make ``attempts`` live: of ``job``'s tasks, on ``node`` (a dispatch's
         batch, or a single adopted or speculative attempt)."""
-        node = attempts[0].node
         node_id, live, here = node.id, self.attempts, node.running
         for attempt in attempts:
             task, aid = attempt.task, attempt.id
@@ -235,7 +235,7 @@ class TaskStates:
             task.node = node_id
             live[aid] = attempt
             here[aid] = attempt
-        node.in_flight_slots += len(attempts) * attempts[0].task.job.spec.slots
+        node.in_flight_slots += len(attempts) * job.spec.slots
 
     def _drop(self, attempt: Attempt) -> None:
         task, node = attempt.task, attempt.node
@@ -253,9 +253,9 @@ class TaskStates:
             self._drop(attempt)
             self.out.cancels.setdefault(attempt.node.id, []).append(attempt.id)
 
-    def _send(self, node: Node, attempts: list[Attempt]) -> None:
-        """Queue the ``run`` messages of ``attempts`` (all of one job) for ``node``."""
-        make = attempts[0].task.job.runs.make
+    def _send(self, job: Job, node: Node, attempts: list[Attempt]) -> None:
+        """Queue the ``run`` messages of ``attempts`` (of ``job``'s tasks) for ``node``."""
+        make = job.runs.make
         runs = self.out.runs.get(node.id)
         if runs is None:
             runs = self.out.runs[node.id] = []

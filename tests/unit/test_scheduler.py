@@ -1,3 +1,5 @@
+from dataclasses import FrozenInstanceError
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -106,6 +108,8 @@ def test_run_specs_equal_the_task_specs_built_field_by_field(spec: JobSpec, repo
         made = runs.make(aid, index, report_start)
         assert made == expected and made.to_wire() == expected.to_wire()
         assert type(made) is TaskSpec and TaskSpec.from_wire(made.to_wire()) == expected
+        with pytest.raises(FrozenInstanceError):  # a TaskSpec like any other: frozen
+            made.id = "changed"  # type: ignore[misc]
     if spec.kind != "shell":
         # Each attempt gets its own args list (the item is in it), never one shared list.
         assert runs.make("7.0.1", 0, False).args is not runs.make("7.0.2", 0, False).args
