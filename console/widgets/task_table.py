@@ -45,6 +45,7 @@ class TaskTable(LineTable):
         self.window_offset = 0
         self.window: list[TaskInfo] = []
         self._asked: int | None = None
+        self._ahead_pending = False  # a fetch ahead waits for the frame to be out
 
     @property
     def row_count(self) -> int:
@@ -122,8 +123,18 @@ class TaskTable(LineTable):
         # by a row nor a page ever waits for a query (or shows a placeholder).
         ahead = AHEAD_SCREENS * self.visible_rows
         near = (top - start < ahead and start > 0) or (end - bottom < ahead and end < self.total)
-        if not covered or near:
+        if not covered:
             self.request(self.wanted_offset())
+        elif near and not self._ahead_pending:
+            # Still covered: fetch once this frame is out, not before it (the
+            # query and the rows it makes would delay the frame of the key
+            # that came near the edge).
+            self._ahead_pending = True
+            self.call_after_refresh(self._fetch_ahead)
+
+    def _fetch_ahead(self) -> None:
+        self._ahead_pending = False
+        self.request(self.wanted_offset())  # centred on the view as it is now
 
     def request(self, offset: int) -> None:
         if self._asked == offset:
