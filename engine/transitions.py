@@ -115,11 +115,15 @@ class TaskStates:
         handler = self._transitions.get((frm, to))
         if handler is None:
             raise IllegalTransition(f"task {job.id}.{first.index}: {frm.label} -> {to.label} ({why.cause})")
+        moved = 0
         for task in tasks:
             if task.status is not frm or task.job is not job:  # a mixed batch, or one task twice
+                for earlier in tasks[:moved]:
+                    earlier.status = frm  # an illegal move changes nothing
                 raise IllegalTransition(f"task {task.job.id}.{task.index}: {task.status.label} -> {to.label} "
                                         f"in a move of job {job.id}'s {frm.label} tasks ({why.cause})")
             task.status = to
+            moved += 1
         counts = job.counts
         counts[frm] -= len(tasks)
         counts[to] += len(tasks)

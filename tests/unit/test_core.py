@@ -229,6 +229,25 @@ def test_illegal_transition_raises():
         h.core._move(task, TaskStatus.RUNNING, Why("test", h.now))
 
 
+def test_a_move_of_many_tasks_is_of_one_job_and_one_status_each_task_once():
+    h = Harness()
+    h.step(c.JobSubmitted(1, spec(count=4), h.now))
+    h.step(c.JobSubmitted(2, spec(count=4), h.now))
+    one, two = h.core.jobs[1], h.core.jobs[2]
+    done = Task(one, 1)
+    done.status = TaskStatus.SUCCEEDED
+    for tasks in ([Task(one, 0), done], [Task(one, 0), Task(two, 0)]):
+        with pytest.raises(IllegalTransition):
+            h.core._move_all(tasks, TaskStatus.CANCELLED, Why("test", h.now))
+        assert tasks[0].status is TaskStatus.QUEUED  # an illegal move changes nothing
+    twice = Task(one, 2)
+    with pytest.raises(IllegalTransition):
+        h.core._move_all([twice, twice], TaskStatus.CANCELLED, Why("test", h.now))
+    assert twice.status is TaskStatus.QUEUED
+    assert one.counts[TaskStatus.QUEUED] == 4 and two.counts[TaskStatus.QUEUED] == 4
+    h.core.validate_state()
+
+
 def test_restore_requeues_in_flight_tasks_with_their_attempt_ids():
     h = Harness()
     rows = [(0, TaskStatus.SUCCEEDED, 1, 0, 0), (2, TaskStatus.PENDING, 1, 1, 0)]
