@@ -3,7 +3,7 @@ loopback, the console attached to it over the control socket (as `shoal
 console` attaches to a running `shoal run`).
 
     .venv/bin/python tests/bench/bench_console.py [--agents 64] [--tasks 100000] [--tp-tasks 20000]
-        [--nice-agents 19]
+        [--idle-agents]
     .venv/bin/python tests/bench/bench_console.py --ui-only     # the console alone, fixed data
     .venv/bin/python tests/bench/bench_console.py --headless-display   # shoal run's live display
 
@@ -319,15 +319,18 @@ def headless_display() -> None:
                   f"{per_frame * 4:.1%} of one core at its 4 frames/s")
 
 
-def renice_agents(cluster: LocalCluster, niceness: int) -> None:
-    """Lower the agents' and their workers' CPU priority: on a LAN they run
-    on other machines, and here they would otherwise take the cores the
-    console's machine (the engine and the console) has to itself there."""
+def idle_agents(cluster: LocalCluster) -> None:
+    """Run the agents and their workers only on CPU nobody else wants
+    (SCHED_IDLE): on a LAN they run on other machines, and here they would
+    otherwise take the cores that the console's machine has to itself there
+    for the engine and the console. (Niceness is not enough: 64 agents at
+    nice 19 with their workers still outweigh two processes at nice 0.)"""
     for agent in cluster.agents:
         assert agent.proc is not None
         root = psutil.Process(agent.proc.pid)
         for proc in [root, *root.children(recursive=True)]:
-            proc.nice(niceness)  # workers started later inherit the agent's
+            # Workers started later inherit the agent's policy.
+            os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -336,8 +339,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"starting {args.agents} agents ({args.slots} slots each) on 127.0.0.1 ...", flush=True)
         started = time.perf_counter()
         with LocalCluster(root, [args.slots] * args.agents) as cluster:
-            if args.nice_agents:
-                renice_agents(cluster, args.nice_agents)
+            if args.idle_agents:
+                idle_agents(cluster)
             engine = start_engine(cluster, root)
             print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
             try:
@@ -359,8 +362,8 @@ if __name__ == "__main__":
     parser.add_argument("--tp-tasks", type=int, default=20_000, help="tasks of each throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--task-seconds", type=float, default=0.2, help="how long each task of the big job sleeps")
-    parser.add_argument("--nice-agents", type=int, default=0, metavar="N",
-                        help="run the agents at niceness N (e.g. 19): a stand-in for agents on other machines")
+    parser.add_argument("--idle-agents", action="store_true",
+                        help="run the agents only on CPU left idle (SCHED_IDLE): a stand-in for agents on other machines")
     parser.add_argument("--ui-only", action="store_true", help="the UI figures against fixed in-memory data, no cluster")
     parser.add_argument("--headless-display", action="store_true", help="only the CPU a frame of shoal run's live display")
     options = parser.parse_args()
