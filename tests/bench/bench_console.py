@@ -4,7 +4,7 @@ console` attaches to a running `shoal run`).
 
     .venv/bin/python tests/bench/bench_console.py [--agents 64] [--tasks 100000] [--tp-tasks 20000]
         [--idle-agents]
-    .venv/bin/python tests/bench/bench_console.py --ui-only     # the console alone, fixed data
+    .venv/bin/python tests/bench/bench_console.py --ui-only [--key-gap 33]  # the console alone, fixed data
     .venv/bin/python tests/bench/bench_console.py --headless-display   # shoal run's live display
 
 --ui-only runs the same UI measurements against the fixed in-memory engine
@@ -69,6 +69,12 @@ from engine.interface import EngineAPI  # noqa: E402
 NOOP = "tests.bench.tasks:noop"
 PAUSE = "tests.tui.taskfns:pause"
 SIZE = (120, 40)
+# Seconds between a key's frame and the next key (--key-gap). 10 ms is a
+# burst faster than any keyboard's auto-repeat (25-33 keys/s): a key can then
+# land while Textual's screen-update timer sleeps out the one to two
+# intervals (1/TEXTUAL_FPS) it sets itself after a frame that followed a
+# pause, and waits for it.
+KEY_GAP = 0.01
 
 
 # --- the engine process ------------------------------------------------------------
@@ -242,7 +248,7 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
             want = min(tasks - 1, max(0, tasks_table.cursor + step))
             scroll.append(await frames.key_to_frame(key, lambda want=want: tasks_table.cursor == want
                                                     and tasks_table.task_at(want) is not None))
-            await asyncio.sleep(0.01)  # a person's keys are not back to back
+            await asyncio.sleep(KEY_GAP)  # a person's keys are not back to back
         lines, pages = scroll[:150] + scroll[210:], scroll[150:210]
         print(f"keypress to frame, scrolling {tasks:,} tasks ({len(scroll)} keys): "
               f"p50 {pct(scroll, 50) * 1000:.1f} ms, p95 {pct(scroll, 95) * 1000:.1f} ms, max {max(scroll) * 1000:.1f} ms; "
@@ -261,7 +267,7 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
         targets = {"1": NodesScreen, "2": JobsScreen}
         for key in ["1", "2"] * 40:
             switch.append(await frames.key_to_frame(key, lambda key=key: isinstance(app.screen, targets[key]), char=key))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(KEY_GAP)
         print(f"keypress to frame, switching screens ({len(switch)} keys): p50 {pct(switch, 50) * 1000:.1f} ms, "
               f"p95 {pct(switch, 95) * 1000:.1f} ms, max {max(switch) * 1000:.1f} ms")
         cpu = frames.cpu[-len(switch):]
@@ -362,11 +368,14 @@ if __name__ == "__main__":
     parser.add_argument("--tp-tasks", type=int, default=20_000, help="tasks of each throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--task-seconds", type=float, default=0.2, help="how long each task of the big job sleeps")
+    parser.add_argument("--key-gap", type=float, default=10.0, metavar="MS",
+                        help="milliseconds from a key's frame to the next key (default 10; keyboard auto-repeat is 30-40)")
     parser.add_argument("--idle-agents", action="store_true",
                         help="run the agents only on CPU left idle (SCHED_IDLE): a stand-in for agents on other machines")
     parser.add_argument("--ui-only", action="store_true", help="the UI figures against fixed in-memory data, no cluster")
     parser.add_argument("--headless-display", action="store_true", help="only the CPU a frame of shoal run's live display")
     options = parser.parse_args()
+    KEY_GAP = options.key_gap / 1000
     if options.headless_display:
         headless_display()
     else:
