@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
 
-from demos.cluster import REPO, LocalCluster
+from demos.cluster import REPO, AgentProcess, LocalCluster
 from engine.api import Engine
 from engine.spec import parse_job_text
 from nodeagent.journal import JOURNAL_FILE, REC_ACK, REC_RESULT
@@ -35,6 +37,24 @@ def journaled(state_dir: Path, owner: str) -> tuple[set[str], set[str]]:
             elif record[0] == REC_ACK:
                 acked.update(record[2])
     return results, acked
+
+
+@asynccontextmanager
+async def one_agent(tmp_path: Path) -> AsyncIterator[tuple[Engine, AgentProcess]]:
+    """An engine on one real 4-slot agent; afterwards the agent is resumed if
+    a test left it stopped, and everything is stopped."""
+    cluster = LocalCluster(tmp_path, [4]).start()
+    agent = cluster.agents[0]
+    assert agent.proc is not None
+    engine = await Engine.open(cluster.state_dir, cluster.config_dir, nodes=cluster.addresses)
+    try:
+        await engine.wait_for_nodes(1, timeout=30)
+        yield engine, agent
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGCONT)
+        await engine.close()
+        cluster.stop()
 
 
 async def until(condition, what: str, timeout: float) -> None:
@@ -64,12 +84,8 @@ async def stop_until_dropped(engine: Engine, agent, job_id: int) -> set[str]:
 
 
 async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_quietly_and_delivers_its_results(tmp_path, caplog):
-    cluster = LocalCluster(tmp_path, [4]).start()
-    agent = cluster.agents[0]
-    assert agent.proc is not None
-    engine = await Engine.open(cluster.state_dir, cluster.config_dir, nodes=cluster.addresses)
-    try:
-        await engine.wait_for_nodes(1, timeout=30)
+    async with one_agent(tmp_path) as (engine, agent):
+        assert agent.proc is not None
         spec = parse_job_text(
             'name = "resumed"\nshell = "sleep 1; echo {item}"\nitems = { range = [0, 8] }\nreduce = "sum"\n',
             source="resumed.toml", base_dir=REPO,
@@ -101,11 +117,6 @@ async def test_an_agent_resumed_after_the_engine_dropped_it_ends_the_session_qui
         # What ran while the agent was cut off was journaled, sent again on
         # the new connection and acknowledged by the engine.
         await until(all_acked, "the journaled results delivered and acked", 20)
-    finally:
-        if agent.proc.poll() is None:
-            agent.proc.send_signal(signal.SIGCONT)
-        await engine.close()
-        cluster.stop()
     assert agent.proc.stderr is not None
     log = agent.proc.stderr.read().decode(errors="replace")
     assert "Traceback" not in log and "BrokenPipeError" not in log, log
@@ -121,12 +132,8 @@ async def test_tasks_of_an_agent_dropped_and_back_run_once(tmp_path):
     """Its hello lists what it still runs and the results it still has: the
     engine takes those attempts back instead of running the tasks again."""
     runs = tmp_path / "runs.txt"
-    cluster = LocalCluster(tmp_path, [4]).start()
-    agent = cluster.agents[0]
-    assert agent.proc is not None
-    engine = await Engine.open(cluster.state_dir, cluster.config_dir, nodes=cluster.addresses)
-    try:
-        await engine.wait_for_nodes(1, timeout=30)
+    async with one_agent(tmp_path) as (engine, agent):
+        assert agent.proc is not None
         spec = parse_job_text(
             f'name = "once"\nshell = "echo {{item}} >> {runs}; sleep 1; echo {{item}}"\n'
             'items = { range = [0, 12] }\nreduce = "sum"\n',
@@ -139,10 +146,5 @@ async def test_tasks_of_an_agent_dropped_and_back_run_once(tmp_path):
         agent.proc.send_signal(signal.SIGCONT)
         assert await engine.wait(job_id, timeout=60) == "succeeded"
         assert await engine.result(job_id) == sum(range(12))
-    finally:
-        if agent.proc.poll() is None:
-            agent.proc.send_signal(signal.SIGCONT)
-        await engine.close()
-        cluster.stop()
     executed = sorted(int(line) for line in runs.read_text().split())
     assert executed == list(range(12)), executed  # each task ran once
