@@ -44,7 +44,9 @@ class Pump(Generic[T]):
         self._pending = (arg,)
         if not self._running:
             self._running = True
-            self._node.run_worker(self._drain(), name=self._name, group=self._name, exit_on_error=False)
+            # The function, not a coroutine made here: a worker that never starts
+            # (its node is being removed) then leaves no coroutine unawaited.
+            self._node.run_worker(self._drain, name=self._name, group=self._name, exit_on_error=False)
 
     async def _drain(self) -> None:
         try:

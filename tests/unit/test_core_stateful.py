@@ -38,7 +38,7 @@ from engine.spec import JobSpec, parse_job_text
 from nodeagent.protocol import Heartbeat, Hello, Outcome, RejectCode, TaskResult
 
 NODES = ("a", "b", "c")
-FAILED_OUTCOMES = (Outcome.ERROR, Outcome.TIMEOUT, Outcome.CRASHED, "some-new-outcome")
+FAILED_OUTCOMES = (Outcome.ERROR, Outcome.TIMEOUT, Outcome.CRASHED, Outcome.TOO_BIG, "some-new-outcome")
 REJECT_CODES = (*RejectCode, "", "some-new-code")
 
 PROFILES = {
@@ -302,7 +302,12 @@ class CoreMachine(RuleBasedStateMachine):
         del agent.held[aid]
         r = result(aid, outcome, self.now, "" if outcome == Outcome.OK else "boom")
         agent.unacked[aid] = r
+        attempt = self.core.attempts.get(aid)
+        sole = attempt is not None and attempt.node.id == name and attempt.task.live == [attempt]
         self.step(c.TasksFinished(name, [r], self.now))
+        if outcome == Outcome.TOO_BIG and sole:
+            # Never retried, whatever the job's retries: a rerun makes the same value.
+            assert attempt is not None and attempt.task.status == TaskStatus.FAILED
 
     def _speculative_pairs(self) -> list[tuple[str, str, str, str]]:
         """(node, attempt, node, attempt) of two held attempts of one speculative job."""
