@@ -11,6 +11,7 @@ from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
+from textual.worker import WorkType
 
 from console.host import ConsoleHost, Tick
 from console.widgets.keybar import KeyBar
@@ -46,7 +47,8 @@ class Pump(Generic[T]):
             self._running = True
             # The function, not a coroutine made here: a worker that never starts
             # (its node is being removed) then leaves no coroutine unawaited.
-            self._node.run_worker(self._drain, name=self._name, group=self._name, exit_on_error=False)
+            drain: WorkType[None] = self._drain
+            self._node.run_worker(drain, name=self._name, group=self._name, exit_on_error=False)
 
     async def _drain(self) -> None:
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ class Frames:
         self.app = app
         self.count = 0
         self.cpu: list[float] = []  # CPU seconds of this process per key_to_frame, in order
+        self.queued: list[float] = []  # ... and seconds the app's thread was ready but had no core
         self._cpu_at_frame = 0.0
         self._waiter: tuple[Callable[[], bool], asyncio.Future[float]] | None = None
         original = app._display
@@ -149,11 +151,12 @@ class Frames:
         self._waiter = (done, future)
         event = events.Key(key, char)
         event.set_sender(self.app)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, queued = time.perf_counter(), time.process_time(), run_delay()
         assert self.app._driver is not None
         self.app._driver.send_message(event)
         seconds = await asyncio.wait_for(future, 30) - start
         self.cpu.append(self._cpu_at_frame - cpu)
+        self.queued.append(run_delay() - queued)
         return seconds
 
 
@@ -162,9 +165,24 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def run_delay() -> float:
+    """Seconds this thread has spent runnable, waiting for a core (the
+    kernel's schedstat): the part of a key's wall time that is the machine's
+    contention, not the console's work or its timers."""
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def print_queued(queued: list[float], wall: list[float]) -> None:
+    """How much of the keys' wall time was spent waiting for a core."""
+    less = [w - q for w, q in zip(wall, queued, strict=True)]
+    print(f"  waiting for a core, same keys: p50 {pct(queued, 50) * 1000:.1f} ms, p95 {pct(queued, 95) * 1000:.1f} ms; "
+          f"wall less that wait: p95 {pct(less, 95) * 1000:.1f} ms")
 
 
 # --- measurements ----------------------------------------------------------------------
@@ -259,6 +277,7 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
         cpu_lines, cpu_pages = cpu[:150] + cpu[210:], cpu[150:210]
         print(f"  CPU per key, same keys: p50 {pct(cpu, 50) * 1000:.1f} ms, p95 {pct(cpu, 95) * 1000:.1f} ms; "
               f"up/down p95 {pct(cpu_lines, 95) * 1000:.1f} ms, pagedown p95 {pct(cpu_pages, 95) * 1000:.1f} ms")
+        print_queued(frames.queued[cpu_from:], scroll)
 
         # Switching screens (each visited once first: Textual builds a
         # screen on its first visit).
@@ -272,6 +291,7 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
               f"p95 {pct(switch, 95) * 1000:.1f} ms, max {max(switch) * 1000:.1f} ms")
         cpu = frames.cpu[-len(switch):]
         print(f"  CPU per key, same keys: p50 {pct(cpu, 50) * 1000:.1f} ms, p95 {pct(cpu, 95) * 1000:.1f} ms")
+        print_queued(frames.queued[-len(switch):], switch)
         both = scroll + switch
         print(f"keypress to frame, all {len(both)} keys: p95 {pct(both, 95) * 1000:.1f} ms")
 
@@ -284,10 +304,10 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
         seconds = 10.0
         cpu0, wall0, frames0, polls0 = cpu_seconds(), time.perf_counter(), frames.count, app.feed.polls
         await asyncio.sleep(seconds)
-        cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+        share = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
         fps = (frames.count - frames0) / seconds
         polls = (app.feed.polls - polls0) / seconds
-        print(f"node table, {node_rows.row_count} rows, job running: console CPU {cpu:.1%} of one core, "
+        print(f"node table, {node_rows.row_count} rows, job running: console CPU {share:.1%} of one core, "
               f"{fps:.1f} frames/s, {polls:.1f} engine polls/s")
         rss = psutil.Process().memory_info().rss / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -325,18 +345,49 @@ def headless_display() -> None:
                   f"{per_frame * 4:.1%} of one core at its 4 frames/s")
 
 
-def idle_agents(cluster: LocalCluster) -> None:
-    """Run the agents and their workers only on CPU nobody else wants
-    (SCHED_IDLE): on a LAN they run on other machines, and here they would
-    otherwise take the cores that the console's machine has to itself there
-    for the engine and the console. (Niceness is not enough: 64 agents at
-    nice 19 with their workers still outweigh two processes at nice 0.)"""
+@contextlib.contextmanager
+def idle_agents(cluster: LocalCluster) -> Iterator[str]:
+    """Run the agents and their workers only on CPU nobody else wants: on a
+    LAN they run on other machines, and here they would otherwise take the
+    cores that the console's machine has to itself there for the engine and
+    the console. Yields how.
+
+    One idle CPU group (``cpu.idle``) for all of them, where the kernel has
+    one: the scheduler then weighs the 192 processes as one idle entity.
+    Else SCHED_IDLE per thread, which is weaker: each idle thread still
+    counts, and a key's few milliseconds of work lose their core to them
+    again and again (measured: 4-7 ms a key). Niceness is weaker still: 64
+    agents at nice 19 with their workers outweigh two processes at nice 0.
+    """
+    procs = []
     for agent in cluster.agents:
         assert agent.proc is not None
         root = psutil.Process(agent.proc.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            # Workers started later inherit the agent's policy.
-            os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+        procs += [root, *root.children(recursive=True)]
+    group = next((Path(base) / f"shoal-bench-{os.getpid()}" for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup")
+                  if (Path(base) / "cpu.idle").exists() or (Path(base) / "cgroup.subtree_control").exists()), None)
+    try:
+        assert group is not None
+        group.mkdir()
+        (group / "cpu.idle").write_text("1")
+    except (AssertionError, OSError):
+        group = None
+    try:
+        for proc in procs:
+            if group is not None:
+                (group / "cgroup.procs").write_text(str(proc.pid))  # every thread; children follow
+            else:
+                # Every thread: a policy is a thread's; threads and workers
+                # started later inherit it from the thread that starts them.
+                for thread in proc.threads():
+                    os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+        yield f"agents in the idle CPU group {group}" if group else "agents under SCHED_IDLE (no cgroup cpu.idle here)"
+    finally:
+        if group is not None:
+            with contextlib.suppress(OSError):
+                for pid in (group / "cgroup.procs").read_text().split():  # still running: back to the parent
+                    (group.parent / "cgroup.procs").write_text(pid)
+                group.rmdir()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -344,9 +395,9 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(tmp)
         print(f"starting {args.agents} agents ({args.slots} slots each) on 127.0.0.1 ...", flush=True)
         started = time.perf_counter()
-        with LocalCluster(root, [args.slots] * args.agents) as cluster:
+        with LocalCluster(root, [args.slots] * args.agents) as cluster, contextlib.ExitStack() as stack:
             if args.idle_agents:
-                idle_agents(cluster)
+                print(stack.enter_context(idle_agents(cluster)), flush=True)
             engine = start_engine(cluster, root)
             print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
             try:
@@ -371,7 +422,7 @@ if __name__ == "__main__":
     parser.add_argument("--key-gap", type=float, default=10.0, metavar="MS",
                         help="milliseconds from a key's frame to the next key (default 10; keyboard auto-repeat is 30-40)")
     parser.add_argument("--idle-agents", action="store_true",
-                        help="run the agents only on CPU left idle (SCHED_IDLE): a stand-in for agents on other machines")
+                        help="run the agents only on CPU left idle (an idle cgroup, else SCHED_IDLE): a stand-in for agents on other machines")
     parser.add_argument("--ui-only", action="store_true", help="the UI figures against fixed in-memory data, no cluster")
     parser.add_argument("--headless-display", action="store_true", help="only the CPU a frame of shoal run's live display")
     options = parser.parse_args()
