@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TEXTUAL_FPS", "120")
+import console.launch  # noqa: F401  (the console's frame rate, set before Textual loads)
 
 SIZE = (120, 30)
 

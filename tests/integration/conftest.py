@@ -223,4 +223,6 @@ async def agent_process(
     for handle in started:
         if handle.proc.returncode is None:
             handle.proc.kill()
-            await asyncio.wait_for(handle.proc.wait(), 10)
+        # Read its pipes to their end, so that its transport closes now and
+        # not when it is collected after the loop has closed (a warning).
+        await asyncio.wait_for(handle.proc.communicate(), 10)

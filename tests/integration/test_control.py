@@ -152,7 +152,7 @@ async def test_shoal_events_tails_the_stream_as_json_lines(cluster):
             assert bad.returncode == 2 and "unknown event kind" in bad.stderr and "Traceback" not in bad.stderr
         finally:
             proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10)
+            await asyncio.wait_for(proc.communicate(), 10)  # to the pipes' end: its transport closes now
     finally:
         await engine.close()
     gone = await asyncio.to_thread(shoal, "events", "--state-dir", str(cluster.state_dir))

@@ -562,7 +562,7 @@ async def test_an_agent_killed_by_sigkill_takes_its_tasks_along_and_reports_them
         descendants = [p.pid for p in tree.children(recursive=True)]
     finally:
         agent.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(agent.wait(), WAIT)
+        await asyncio.wait_for(agent.communicate(), WAIT)  # to the pipe's end: its transport closes now
     # Workers, shell tasks and all their children die with the agent.
     await until_gone(descendants)
 
