@@ -67,12 +67,14 @@ def test_jobs_screen(snap_compare: Any, theme: str) -> None:
     assert snap_compare(static_app(theme), terminal_size=(120, 24), run_before=keys_then_settle())
 
 
-def test_nodes_screen(snap_compare: Any) -> None:
-    assert snap_compare(static_app("shoal-light"), terminal_size=(120, 24), run_before=keys_then_settle("1"))
+@pytest.mark.parametrize("theme", THEMES)
+def test_nodes_screen(snap_compare: Any, theme: str) -> None:
+    assert snap_compare(static_app(theme), terminal_size=(120, 24), run_before=keys_then_settle("1"))
 
 
-def test_tasks_screen_of_100000(snap_compare: Any) -> None:
-    assert snap_compare(static_app("shoal-high-contrast"), terminal_size=(120, 24), run_before=keys_then_settle("enter", "pagedown"))
+@pytest.mark.parametrize("theme", THEMES)
+def test_tasks_screen_of_100000(snap_compare: Any, theme: str) -> None:
+    assert snap_compare(static_app(theme), terminal_size=(120, 24), run_before=keys_then_settle("enter", "pagedown"))
 
 
 def test_task_detail_at_80x24(snap_compare: Any) -> None:
