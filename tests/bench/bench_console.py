@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,27 +189,56 @@ def print_queued(queued: list[float], wall: list[float]) -> None:
 # --- measurements ----------------------------------------------------------------------
 
 
-async def one_job(api: EngineAPI, tasks: int) -> float:
+async def one_job(api: EngineAPI, tasks: int, watch: Callable[[int], Awaitable[None]] | None = None) -> float:
     """Tasks a second of a job of no-op tasks, submit to end."""
     start = time.perf_counter()
     job = await api.submit(spec_for(NOOP, range(tasks), name="noop", reduce="count"))
+    if watch is not None:
+        await watch(job)
     await api.wait(job, 600)
     return tasks / (time.perf_counter() - start)
 
 
-async def throughput(state: Path, tasks: int, rounds: int) -> None:
+async def open_tasks_view(app: ShoalApp, pilot: Any, job: int) -> None:
+    """From the Jobs screen, Enter on ``job`` once it is listed."""
+    table = app.screen.query_one(ListTable)
+    while str(job) not in table.keys:
+        await pilot.pause(0.01)
+    table.move_to(table.keys.index(str(job)))
+    await pilot.press("enter")
+
+
+def process_cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def throughput(state: Path, tasks: int, rounds: int, engine: psutil.Process) -> None:
+    """Alternating rounds of one job, with no console and with a console
+    attached and showing that job's tasks (the busiest view). On this
+    machine the agents take all the CPU the engine and the console leave,
+    so a console's own CPU slows the job here as it would not with the
+    agents elsewhere; the engine's CPU per task shows what the console
+    costs the engine itself."""
     api = await connect(state)
     await api.wait(await api.submit(spec_for(NOOP, range(500), name="warmup")), 120)
     alone: list[float] = []
     attached: list[float] = []
+    engine_cpu: dict[str, float] = {"alone": 0.0, "attached": 0.0}
+    console_cpu = console_wall = 0.0
     for _ in range(rounds):
+        cpu = process_cpu(engine)
         alone.append(await one_job(api, tasks))
+        engine_cpu["alone"] += process_cpu(engine) - cpu
         console_api = await connect(state)
         app = build_app(console_api)
         async with app.run_test(size=SIZE) as pilot:
             Frames(app)
-            await pilot.press("enter")  # watch the job's tasks, the busiest view
-            attached.append(await one_job(api, tasks))
+            cpu, mine, wall = process_cpu(engine), cpu_seconds(), time.perf_counter()
+            attached.append(await one_job(api, tasks, functools.partial(open_tasks_view, app, pilot)))
+            engine_cpu["attached"] += process_cpu(engine) - cpu
+            console_cpu += cpu_seconds() - mine
+            console_wall += time.perf_counter() - wall
         await console_api.close()
     await api.close()
     a, b = statistics.median(alone), statistics.median(attached)
@@ -216,8 +246,12 @@ async def throughput(state: Path, tasks: int, rounds: int) -> None:
     # machine the rounds drift, and a pair shares its moment.
     pairs = statistics.median(y / x for x, y in zip(alone, attached, strict=True))
     print(f"throughput, {tasks:,} no-op tasks, {rounds} alternating rounds: no console {a:,.0f}/s, "
-          f"console attached {b:,.0f}/s ({b / a:.0%} of headless; median of the pairs' ratios {pairs:.0%})")
+          f"console attached {b:,.0f}/s ({b / a:.0%} of headless; median of the pairs' ratios {pairs:.0%}; "
+          f"all rounds' tasks over their time {sum(1 / x for x in alone) / sum(1 / x for x in attached):.0%})")
     print(f"  rounds: no console {[round(x) for x in alone]}, attached {[round(x) for x in attached]}")
+    per = {k: v / (rounds * tasks) * 1e6 for k, v in engine_cpu.items()}
+    print(f"  engine CPU per task: no console {per['alone']:.0f} us, console attached {per['attached']:.0f} us; "
+          f"the console process meanwhile: {console_cpu / console_wall:.1%} of a core")
 
 
 async def under_load(state: Path, tasks: int, nodes: int, task_seconds: float) -> None:
@@ -404,7 +438,7 @@ async def main(args: argparse.Namespace) -> None:
             engine = start_engine(cluster, root)
             print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
             try:
-                await throughput(root / "state", args.tp_tasks, args.rounds)
+                await throughput(root / "state", args.tp_tasks, args.rounds, psutil.Process(engine.pid))
                 await under_load(root / "state", args.tasks, args.agents, args.task_seconds)
             finally:
                 engine.send_signal(signal.SIGTERM)
