@@ -53,10 +53,14 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from textual import events  # noqa: E402
+# First: it sets TEXTUAL_FPS as `shoal console` does, and Textual reads it
+# once, when its first module loads (until 2026-12-03 this line came after
+# two Textual imports, and the bench ran at Textual's default 60 Hz).
+import console.launch  # noqa: E402,F401,I001
+
+from textual import constants, events  # noqa: E402
 from textual._compositor import CompositorUpdate  # noqa: E402
 
-import console.launch  # noqa: E402,F401  (sets TEXTUAL_FPS as `shoal console` does, before Textual loads)
 from console.app import ShoalApp, build_app  # noqa: E402
 from console.screens.jobs import JobsScreen  # noqa: E402
 from console.screens.nodes import NodesScreen  # noqa: E402
@@ -127,6 +131,7 @@ class Frames:
         self.count = 0
         self.cpu: list[float] = []  # CPU seconds of this process per key_to_frame, in order
         self.queued: list[float] = []  # ... and seconds the app's thread was ready but had no core
+        self.early: list[int] = []  # ... and frames drawn before the one where the key's change showed
         self._cpu_at_frame = 0.0
         self._waiter: tuple[Callable[[], bool], asyncio.Future[float]] | None = None
         original = app._display
@@ -152,12 +157,13 @@ class Frames:
         self._waiter = (done, future)
         event = events.Key(key, char)
         event.set_sender(self.app)
-        start, cpu, queued = time.perf_counter(), time.process_time(), run_delay()
+        start, cpu, queued, count = time.perf_counter(), time.process_time(), run_delay(), self.count
         assert self.app._driver is not None
         self.app._driver.send_message(event)
         seconds = await asyncio.wait_for(future, 30) - start
         self.cpu.append(self._cpu_at_frame - cpu)
         self.queued.append(run_delay() - queued)
+        self.early.append(self.count - count - 1)
         return seconds
 
 
@@ -315,6 +321,9 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
         print(f"  CPU per key, same keys: p50 {pct(cpu, 50) * 1000:.1f} ms, p95 {pct(cpu, 95) * 1000:.1f} ms; "
               f"up/down p95 {pct(cpu_lines, 95) * 1000:.1f} ms, pagedown p95 {pct(cpu_pages, 95) * 1000:.1f} ms")
         print_queued(frames.queued[cpu_from:], scroll)
+        early = frames.early[cpu_from:]
+        print(f"  keys with a frame drawn before theirs (the rows not yet there: a placeholder frame): "
+              f"up/down {sum(n > 0 for n in early[:150] + early[210:])} of 200, page down {sum(n > 0 for n in early[150:210])} of 60")
 
         # Switching screens (each visited once first: Textual builds a
         # screen on its first visit).
@@ -351,11 +360,15 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
         print(f"console RSS: {rss:.0f} MiB now, {peak:.0f} MiB peak (this process: console + bench harness)")
 
 
+def frame_rate() -> str:
+    return f"Textual's frame timer at {constants.MAX_FPS} Hz"
+
+
 async def ui_only() -> None:
     from tests.tui.static_engine import StaticEngine
 
     engine = StaticEngine(extra_nodes=58)
-    print(f"console alone on fixed data: {engine.task_count:,} tasks, {len(await engine.nodes())} nodes")
+    print(f"console alone on fixed data: {engine.task_count:,} tasks, {len(await engine.nodes())} nodes; {frame_rate()}")
     await measure_ui(engine, 3, engine.task_count, len(await engine.nodes()))
 
 
@@ -436,7 +449,7 @@ async def main(args: argparse.Namespace) -> None:
             if args.idle_agents:
                 print(stack.enter_context(idle_agents(cluster)), flush=True)
             engine = start_engine(cluster, root)
-            print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here", flush=True)
+            print(f"cluster and engine up in {time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs here; {frame_rate()}", flush=True)
             try:
                 await throughput(root / "state", args.tp_tasks, args.rounds, psutil.Process(engine.pid))
                 await under_load(root / "state", args.tasks, args.agents, args.task_seconds)
