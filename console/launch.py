@@ -13,9 +13,9 @@ from typing import Any
 # Textual flushes a changed screen on a timer of 1/TEXTUAL_FPS (60 by
 # default). After a frame that followed a pause that timer sleeps one to two
 # of its intervals, so a key that comes then waits up to 33 ms at 60, 17 ms
-# at 120, 4 ms at 500 (bench_console.py, 100 keys/s: page down p95 23-24 ms
-# at 120, 6-7 ms at 500). Frames are still drawn only when something
-# changed: the console's idle and node-table CPU measured the same. Read
+# at 120, 4 ms at 500 (bench_console.py, 100 keys/s: page down p95 up to
+# 24 ms at 60 Hz, 7.8-8.4 ms at 500). Frames are still drawn only when
+# something changed: idle and node-table CPU measured the same. Read
 # once, when Textual is first imported, so it is set before the imports below.
 os.environ.setdefault("TEXTUAL_FPS", "500")
 
