@@ -15,7 +15,7 @@ from typing import Any
 # of its intervals, so a key that comes then waits up to 33 ms at 60, 17 ms
 # at 120, 4 ms at 500 (bench_console.py, 100 keys/s: page down p95 up to
 # 24 ms at 60 Hz, 7.8-8.4 ms at 500). Frames are still drawn only when
-# something changed: idle and node-table CPU measured the same. Read
+# something changed: the node table's CPU measured the same. Read
 # once, when Textual is first imported, so it is set before the imports below.
 os.environ.setdefault("TEXTUAL_FPS", "500")
 

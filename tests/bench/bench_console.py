@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 # First: it sets TEXTUAL_FPS as `shoal console` does, and Textual reads it
 # once, when its first module loads (until 2026-12-03 this line came after
 # two Textual imports, and the bench ran at Textual's default 60 Hz).
-import console.launch  # noqa: E402,F401,I001
+import console.launch  # noqa: E402,F401,I001  (ruff would sort it after Textual)
 
 from textual import constants, events  # noqa: E402
 from textual._compositor import CompositorUpdate  # noqa: E402
@@ -180,9 +180,13 @@ def run_delay() -> float:
         return int(f.read().split()[1]) / 1e9
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def cpu_seconds(proc: psutil.Process | None = None) -> float:
+    """CPU seconds (user and system) of ``proc``, or of this process."""
+    if proc is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def print_queued(queued: list[float], wall: list[float]) -> None:
@@ -214,11 +218,6 @@ async def open_tasks_view(app: ShoalApp, pilot: Any, job: int) -> None:
     await pilot.press("enter")
 
 
-def process_cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
 async def throughput(state: Path, tasks: int, rounds: int, engine: psutil.Process) -> None:
     """Alternating rounds of one job, with no console and with a console
     attached and showing that job's tasks (the busiest view). On this
@@ -233,16 +232,16 @@ async def throughput(state: Path, tasks: int, rounds: int, engine: psutil.Proces
     engine_cpu: dict[str, float] = {"alone": 0.0, "attached": 0.0}
     console_cpu = console_wall = 0.0
     for _ in range(rounds):
-        cpu = process_cpu(engine)
+        cpu = cpu_seconds(engine)
         alone.append(await one_job(api, tasks))
-        engine_cpu["alone"] += process_cpu(engine) - cpu
+        engine_cpu["alone"] += cpu_seconds(engine) - cpu
         console_api = await connect(state)
         app = build_app(console_api)
         async with app.run_test(size=SIZE) as pilot:
             Frames(app)
-            cpu, mine, wall = process_cpu(engine), cpu_seconds(), time.perf_counter()
+            cpu, mine, wall = cpu_seconds(engine), cpu_seconds(), time.perf_counter()
             attached.append(await one_job(api, tasks, functools.partial(open_tasks_view, app, pilot)))
-            engine_cpu["attached"] += process_cpu(engine) - cpu
+            engine_cpu["attached"] += cpu_seconds(engine) - cpu
             console_cpu += cpu_seconds() - mine
             console_wall += time.perf_counter() - wall
         await console_api.close()
@@ -322,7 +321,7 @@ async def measure_ui(api: EngineAPI, big: int, tasks: int, nodes: int) -> None:
               f"up/down p95 {pct(cpu_lines, 95) * 1000:.1f} ms, pagedown p95 {pct(cpu_pages, 95) * 1000:.1f} ms")
         print_queued(frames.queued[cpu_from:], scroll)
         early = frames.early[cpu_from:]
-        print(f"  keys with a frame drawn before theirs (the rows not yet there: a placeholder frame): "
+        print(f"  keys whose change showed only in a later frame (rows not there yet, or a tick's frame first): "
               f"up/down {sum(n > 0 for n in early[:150] + early[210:])} of 200, page down {sum(n > 0 for n in early[150:210])} of 60")
 
         # Switching screens (each visited once first: Textual builds a
@@ -395,6 +394,25 @@ def headless_display() -> None:
                   f"{per_frame * 4:.1%} of one core at its 4 frames/s")
 
 
+def idle_cpu_group() -> Path | None:
+    """A new CPU cgroup with ``cpu.idle`` set (v1's cpu hierarchy, else v2's
+    root), or None where the kernel or the mounts have none."""
+    for base in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")):
+        if not (base / "cgroup.procs").exists():
+            continue  # not a cgroup directory (v1 mounts a tmpfs at /sys/fs/cgroup)
+        group = base / f"shoal-bench-{os.getpid()}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            (group / "cpu.idle").write_text("1")
+            return group
+        except OSError:  # no cpu.idle here (older kernel, or v2 without the cpu controller)
+            group.rmdir()
+    return None
+
+
 @contextlib.contextmanager
 def idle_agents(cluster: LocalCluster) -> Iterator[str]:
     """Run the agents and their workers only on CPU nobody else wants: on a
@@ -406,7 +424,7 @@ def idle_agents(cluster: LocalCluster) -> Iterator[str]:
     one: the scheduler then weighs the 192 processes as one idle entity.
     Else SCHED_IDLE per thread, which is weaker: each idle thread still
     counts, and a key's few milliseconds of work lose their core to them
-    again and again (measured: 4-7 ms a key). Niceness is weaker still: 64
+    again and again (measured: 4-9 ms a key at p50). Niceness is weaker still: 64
     agents at nice 19 with their workers outweigh two processes at nice 0.
     """
     procs = []
@@ -414,14 +432,7 @@ def idle_agents(cluster: LocalCluster) -> Iterator[str]:
         assert agent.proc is not None
         root = psutil.Process(agent.proc.pid)
         procs += [root, *root.children(recursive=True)]
-    group = next((Path(base) / f"shoal-bench-{os.getpid()}" for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup")
-                  if (Path(base) / "cpu.idle").exists() or (Path(base) / "cgroup.subtree_control").exists()), None)
-    try:
-        assert group is not None
-        group.mkdir()
-        (group / "cpu.idle").write_text("1")
-    except (AssertionError, OSError):
-        group = None
+    group = idle_cpu_group()
     try:
         for proc in procs:
             if group is not None:
